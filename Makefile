@@ -1,0 +1,35 @@
+# The commands people type. Each one first makes sure .venv matches requirements.txt:
+# it is built when missing and rebuilt when the pins change; otherwise nothing is installed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+READY  := $(VENV)/.pins-installed
+
+.PHONY: lab test check bench help
+help:
+	@echo "make lab    open JupyterLab on notebooks/ (prints the URL)"
+	@echo "make test   run every test and every notebook (nbval, strict)"
+	@echo "make check  which exercises pass, and a hint for the first that does not"
+	@echo "make bench  the echo benchmark: lessons 01 and 02 beside asyncio and uvloop"
+
+$(READY): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: the workbook needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0] + " (try: make test PYTHON=python3.12)")'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.platform == "linux" else "error: epoll exists only on Linux; use a Linux machine, a VM, WSL2 or a container (see README.md, Troubleshooting)")'
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV) || { echo "error: could not create $(VENV); on Debian or Ubuntu: sudo apt-get install python3-venv" >&2; exit 2; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+lab: $(READY)
+	$(BIN)/jupyter lab --no-browser --notebook-dir=notebooks $(LAB_ARGS)
+
+test: $(READY)
+	$(BIN)/python -m pytest
+
+check: $(READY)
+	$(BIN)/python exercises/check.py
+
+bench: $(READY)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r tests/bench/requirements.txt
+	$(BIN)/python tests/bench/echo.py

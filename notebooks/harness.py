@@ -1,0 +1,427 @@
+"""The workbook's harness: start lesson servers, drive them with clients, stop them always.
+
+Notebooks import it as `import harness` (the kernel runs in notebooks/); tests and the
+exercise checker import it the same way. Everything here is bounded in time: no call can
+wait forever, and every server started here is stopped, whatever happens.
+
+    with harness.start("01_lt_echo.py") as server:
+        with server.connect() as sock:
+            harness.send_all(sock, b"hello")
+            print(harness.recv_exactly(sock, 5))
+
+Why the care with output: since ipykernel 6, whatever a subprocess writes to an inherited
+stdout or stderr is forwarded to whichever notebook cell happens to be running. So a server's
+output always goes to pipes that this module reads; a cell shows the lines it chooses.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LESSONS = ROOT / "lessons"
+
+READY_TIMEOUT = 10.0  # seconds a server may take to print its readiness line
+STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
+IO_TIMEOUT = 10.0  # default bound for one client operation
+QUIET = 0.3  # a connection silent this long is taken to have stalled
+
+_PR_SET_PDEATHSIG = 1
+_running: set["Server"] = set()
+
+
+class ServerFailed(RuntimeError):
+    """A lesson server did not start; the message carries what it printed."""
+
+
+class Stalled(TimeoutError):
+    """A bounded wait ran out; `.received` holds what did arrive."""
+
+    def __init__(self, message: str, received: bytes = b""):
+        super().__init__(message)
+        self.received = received
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGTERM this server when
+    # the kernel (or pytest) that started it dies, even by SIGKILL, when atexit cannot run.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:
+        pass
+
+
+def script_path(script: str | os.PathLike) -> Path:
+    """A lesson name like "01_lt_echo.py" means lessons/01_lt_echo.py; a path is a path."""
+    path = Path(script)
+    if not path.is_absolute() and not path.exists():
+        path = LESSONS / path
+    if not path.exists():
+        raise FileNotFoundError(f"no lesson script {script!s} (looked in {LESSONS})")
+    return path.resolve()
+
+
+class Server:
+    """A lesson script running in a subprocess, its output captured line by line."""
+
+    def __init__(self, script: str | os.PathLike, *args: str, host: str = "127.0.0.1",
+                 ready_timeout: float = READY_TIMEOUT):
+        self.script = script_path(script)
+        self.args = [str(a) for a in args]
+        cmd = [sys.executable, "-u", str(self.script), "--host", host, "--port", "0", *self.args]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=str(ROOT), preexec_fn=_die_with_parent)
+        _running.add(self)
+        self.lines: list[str] = []  # stdout, one entry per line, without the newline
+        self._stderr: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self._stderr), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        try:
+            first = self.wait_for_line(lambda line: True, timeout=ready_timeout, start=0)
+        except (Stalled, ServerFailed):
+            self.stop()
+            raise ServerFailed(
+                f"{self.script.name} did not report 'listening on HOST:PORT' within "
+                f"{ready_timeout:g} s; it printed:\n{self.output()}".rstrip()) from None
+        prefix = "listening on "
+        if not first.startswith(prefix):
+            self.stop()
+            raise ServerFailed(f"{self.script.name}: expected '{prefix}HOST:PORT', got {first!r}")
+        host_text, _, port_text = first[len(prefix):].rpartition(":")
+        self.host, self.port = host_text, int(port_text)
+        self.address = (self.host, self.port)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _pump(self, stream, sink: list[str]) -> None:
+        for raw in iter(stream.readline, b""):
+            with self._changed:
+                sink.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._changed.notify_all()
+        stream.close()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_line(self, match, timeout: float = IO_TIMEOUT, start: int | None = None) -> str:
+        """Wait (bounded) for a stdout line, from index `start` on, for which match(line) holds.
+
+        `match` is a predicate or a substring. Raises ServerFailed if the server exits first.
+        """
+        test = match if callable(match) else (lambda line: match in line)
+        index = 0 if start is None else start
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[index:]:
+                    if test(line):
+                        return line
+                index = len(self.lines)
+                if self.proc.poll() is not None and not any(r.is_alive() for r in self._readers):
+                    raise ServerFailed(f"{self.script.name} exited with status "
+                                       f"{self.proc.returncode}:\n{self.output()}".rstrip())
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Stalled(f"no line matching {match!r} within {timeout:g} s")
+                self._changed.wait(min(left, 0.1))
+
+    def output(self) -> str:
+        """Everything the server printed so far, stdout then stderr."""
+        with self._changed:
+            return "\n".join(self.lines + self._stderr)
+
+    @property
+    def stderr(self) -> str:
+        with self._changed:
+            return "\n".join(self._stderr)
+
+    # -- clients --------------------------------------------------------------------------
+
+    def connect(self, timeout: float = IO_TIMEOUT) -> socket.socket:
+        """A TCP client socket connected to this server, with every operation bounded."""
+        return socket.create_connection(self.address, timeout=timeout)
+
+    def udp_client(self, timeout: float = IO_TIMEOUT, connect: bool = False) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(timeout)
+        if connect:
+            sock.connect(self.address)
+        return sock
+
+    # -- the process ----------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.proc.send_signal(signum)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Stop the server (SIGSTOP) for the block, then let it go on (SIGCONT).
+
+        What clients do meanwhile reaches the kernel but not the server, so arrivals that
+        would otherwise be seen one by one are seen together, in one event, every run.
+        """
+        self.signal(signal.SIGSTOP)
+        _wait_state(self.pid, "T")
+        try:
+            yield self
+        finally:
+            self.signal(signal.SIGCONT)
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE) -> int:
+        """Stop the server (sig, then SIGKILL after `grace` seconds); return its exit status."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for reader in self._readers:
+            reader.join(timeout=1.0)
+        _running.discard(self)
+        return self.proc.returncode
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive() else f"exited {self.proc.returncode}"
+        return f"<Server {self.script.name} {state}>"
+
+    # -- what the kernel says about it ----------------------------------------------------
+
+    def open_fds(self) -> int:
+        """How many file descriptors the server holds open now."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_bytes(self) -> int:
+        """The server's resident memory now."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS line")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the server has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start(script: str | os.PathLike, *args: str, **kwargs) -> Server:
+    """Start a lesson script with --port 0 and wait (bounded) until it listens."""
+    return Server(script, *args, **kwargs)
+
+
+def run(script: str | os.PathLike, *args: str, timeout: float = IO_TIMEOUT):
+    """Run a lesson script to completion (for its error cases); output is captured."""
+    return subprocess.run([sys.executable, str(script_path(script)), *map(str, args)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          errors="replace", timeout=timeout, cwd=str(ROOT))
+
+
+def stop_all() -> None:
+    """Stop every server this process started and has not stopped yet."""
+    for server in list(_running):
+        server.stop()
+
+
+atexit.register(stop_all)
+
+
+def _wait_state(pid: int, state: str, timeout: float = 5.0) -> None:
+    # SIGSTOP takes effect asynchronously; wait until /proc shows the process stopped.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        if fields[0] == state:
+            return
+        time.sleep(0.001)
+    raise Stalled(f"process {pid} did not reach state {state} within {timeout:g} s")
+
+
+def wait_until(predicate, timeout: float = IO_TIMEOUT, what: str = "condition"):
+    """Poll `predicate` until it returns something true; bounded. Returns that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise Stalled(f"{what} not reached within {timeout:g} s")
+        time.sleep(0.005)
+
+
+# -- client helpers: each one bounded -------------------------------------------------------
+
+def send_all(sock: socket.socket, data: bytes, timeout: float = IO_TIMEOUT) -> None:
+    """Send every byte or raise Stalled (a peer that stops reading cannot block us forever)."""
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(data)
+    except socket.timeout:
+        raise Stalled(f"could not send {len(data)} bytes within {timeout:g} s") from None
+
+
+def recv_exactly(sock: socket.socket, n: int, timeout: float = IO_TIMEOUT) -> bytes:
+    """Receive exactly n bytes, or raise Stalled (with what came) at the deadline or at EOF."""
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Stalled(f"received {len(buf)} of {n} bytes within {timeout:g} s", bytes(buf))
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(min(n - len(buf), 1 << 20))
+        except socket.timeout:
+            continue
+        if not chunk:
+            raise Stalled(f"connection closed after {len(buf)} of {n} bytes", bytes(buf))
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_until_quiet(sock: socket.socket, quiet: float = QUIET, timeout: float = IO_TIMEOUT,
+                     limit: int = 64 << 20) -> bytes:
+    """Receive until nothing arrives for `quiet` seconds, EOF, `limit` bytes, or `timeout`.
+
+    The stall detector: a server that has stopped answering is recognised by silence.
+    """
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(buf) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(min(quiet, left))
+        try:
+            chunk = sock.recv(min(limit - len(buf), 1 << 20))
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_until_eof(sock: socket.socket, timeout: float = IO_TIMEOUT, limit: int = 64 << 20) -> bytes:
+    """Receive until the peer closes; raise Stalled (with what came) at the deadline."""
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or len(buf) > limit:
+            raise Stalled(f"no EOF after {len(buf)} bytes within {timeout:g} s", bytes(buf))
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(1 << 20)
+        except socket.timeout:
+            continue
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+
+
+def exchange(address, payloads: list[bytes], timeout: float = IO_TIMEOUT,
+             half_close: bool = False) -> list[bytes]:
+    """Open one connection per payload, send them all at once while reading, in one thread.
+
+    Returns, per connection, the bytes received: len(payload) bytes for an echo, or with
+    half_close=True everything up to the server's close. Writing and reading interleave,
+    so a payload far larger than the socket buffers cannot deadlock against an echo server.
+    Raises Stalled if any connection is not done by the deadline.
+    """
+    sel = selectors.DefaultSelector()
+    states = []
+    try:
+        for payload in payloads:
+            sock = socket.create_connection(address, timeout=timeout)
+            sock.setblocking(False)
+            state = {"sock": sock, "out": memoryview(payload), "want": len(payload),
+                     "got": bytearray(), "done": False, "shut": False}
+            states.append(state)
+            sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, state)
+        deadline = time.monotonic() + timeout
+        pending = len(states)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                got = [len(s["got"]) for s in states]
+                raise Stalled(f"exchange not finished within {timeout:g} s; received {got}",
+                              b"".join(bytes(s["got"]) for s in states))
+            for key, mask in sel.select(min(left, 0.5)):
+                s = key.data
+                if mask & selectors.EVENT_WRITE and s["out"]:
+                    try:
+                        n = s["sock"].send(s["out"][:1 << 18])
+                        s["out"] = s["out"][n:]
+                    except BlockingIOError:
+                        pass
+                    if not s["out"]:
+                        if half_close:
+                            s["sock"].shutdown(socket.SHUT_WR)
+                        sel.modify(s["sock"], selectors.EVENT_READ, s)
+                if mask & selectors.EVENT_READ:
+                    try:
+                        chunk = s["sock"].recv(1 << 20)
+                    except BlockingIOError:
+                        continue
+                    except ConnectionError:
+                        chunk = b""
+                    if chunk:
+                        s["got"] += chunk
+                    finished = (not chunk) if half_close else len(s["got"]) >= s["want"]
+                    if not chunk and not finished:
+                        raise Stalled(f"connection closed after {len(s['got'])} of "
+                                      f"{s['want']} bytes", bytes(s["got"]))
+                    if finished:
+                        sel.unregister(s["sock"])
+                        pending -= 1
+        return [bytes(s["got"]) for s in states]
+    finally:
+        for s in states:
+            s["sock"].close()
+        sel.close()
+
+
+def echo(address, payload: bytes, timeout: float = IO_TIMEOUT) -> bytes:
+    """Send payload on a new connection and read back as many bytes, concurrently."""
+    return exchange(address, [payload], timeout=timeout)[0]
+
+
+def free_port_in_use():
+    """A listening socket on a loopback port, for showing what 'port in use' looks like."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
