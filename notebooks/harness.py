@@ -174,7 +174,7 @@ class Server:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         if self.alive():
             self.proc.send_signal(signum)
 
@@ -185,12 +185,12 @@ class Server:
         What clients do meanwhile reaches the kernel but not the server, so arrivals that
         would otherwise be seen one by one are seen together, in one event, every run.
         """
-        self.signal(signal.SIGSTOP)
+        self.send_signal(signal.SIGSTOP)
         _wait_state(self.pid, "T")
         try:
             yield self
         finally:
-            self.signal(signal.SIGCONT)
+            self.send_signal(signal.SIGCONT)
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE) -> int:
         """Stop the server (sig, then SIGKILL after `grace` seconds); return its exit status."""
