@@ -49,6 +49,14 @@ class Connection:
         self.peer_done = False  # the client sent EOF (close or shutdown(SHUT_WR))
         self.throttled = False  # outbox passed HIGH_WATER: stop reading until LOW_WATER
         self.interest = READABLE  # what epoll watches for now
+        self.closed = False
+
+    def update_throttle(self):
+        """Hysteresis: pause reading above HIGH_WATER, resume only below LOW_WATER."""
+        if len(self.outbox) >= HIGH_WATER:
+            self.throttled = True
+        elif len(self.outbox) <= LOW_WATER:
+            self.throttled = False
 
     def wanted(self):
         """The interest mask this state calls for: derived, never edited by hand."""
@@ -114,22 +122,19 @@ class EchoServer:
                 self.close(conn, "client finished")
             return
         conn.outbox += data
-        if len(conn.outbox) >= HIGH_WATER:
-            conn.throttled = True
         self.on_writable(conn)  # try to send now; EPOLLOUT is only for what is left
 
     def on_writable(self, conn):
         if conn.outbox:
             try:
                 sent = conn.sock.send(conn.outbox)
-            except BlockingIOError:
-                return
+            except BlockingIOError:  # socket buffer full: EPOLLOUT reports when it is not
+                sent = 0
             except OSError as e:  # EPIPE, ECONNRESET: the client stopped listening
                 self.close(conn, e.strerror)
                 return
             del conn.outbox[:sent]  # bytearray drops a prefix without copying the rest
-        if conn.throttled and len(conn.outbox) <= LOW_WATER:
-            conn.throttled = False
+        conn.update_throttle()
         if conn.peer_done and not conn.outbox:  # everything owed is delivered
             self.close(conn, "client finished")
 
@@ -137,6 +142,7 @@ class EchoServer:
         fd = conn.sock.fileno()
         self.log(f"close fd {fd}: {why}")
         del self.conns[fd]
+        conn.closed = True
         self.epoll.unregister(fd)  # before close: afterwards the fd number means nothing
         conn.sock.close()
 
@@ -169,9 +175,9 @@ class EchoServer:
             return
         if ev & (READABLE | TROUBLE):
             self.on_readable(conn)
-        if ev & (WRITABLE | TROUBLE) and self.conns.get(fd) is conn:
+        if ev & (WRITABLE | TROUBLE) and not conn.closed:
             self.on_writable(conn)
-        if self.conns.get(fd) is conn:
+        if not conn.closed:
             self.update_interest(conn)
 
     def shutdown(self):

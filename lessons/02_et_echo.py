@@ -52,6 +52,14 @@ class Connection:
         self.peer_done = False  # the client sent EOF (close or shutdown(SHUT_WR))
         self.throttled = False  # outbox passed HIGH_WATER: stop reading until LOW_WATER
         self.interest = READABLE  # what epoll watches for now
+        self.closed = False
+
+    def update_throttle(self):
+        """Hysteresis: pause reading above HIGH_WATER, resume only below LOW_WATER."""
+        if len(self.outbox) >= HIGH_WATER:
+            self.throttled = True
+        elif len(self.outbox) <= LOW_WATER:
+            self.throttled = False
 
     def wanted(self):
         """The interest mask this state calls for: derived, never edited by hand."""
@@ -107,7 +115,7 @@ class EchoServer:
 
     def on_readable(self, conn):
         # Drain: recv until EAGAIN. Whatever is left unread now will not be reported again.
-        while not conn.throttled:
+        while True:
             try:
                 data = conn.sock.recv(self.recv_size)
             except BlockingIOError:  # drained; the next arrival is a new edge
@@ -119,12 +127,14 @@ class EchoServer:
                 conn.peer_done = True
                 break
             conn.outbox += data
-            if len(conn.outbox) >= HIGH_WATER:
-                # Stop reading with data possibly left behind. No edge will announce it,
-                # but wanted() drops EPOLLIN now, and the epoll_ctl that adds it back once
-                # the outbox drains re-checks readiness and reports what is waiting.
-                conn.throttled = True
-        self.on_writable(conn)  # try to send now; EPOLLOUT is only for what is left
+            self.on_writable(conn)  # try to send now; EPOLLOUT is only for what is left
+            if conn.closed or conn.throttled:
+                # Closed, or too much output pending: stop reading with data possibly left
+                # behind. No edge will announce it, but wanted() drops EPOLLIN now, and the
+                # epoll_ctl that adds it back later re-checks readiness and reports it.
+                return
+        if conn.peer_done:
+            self.on_writable(conn)  # nothing more to read: finish, or close if all is sent
 
     def on_writable(self, conn):
         # Drain the other way: send until the outbox is empty or the kernel says EAGAIN.
@@ -138,8 +148,7 @@ class EchoServer:
                 self.close(conn, e.strerror)
                 return
             del conn.outbox[:sent]  # bytearray drops a prefix without copying the rest
-        if conn.throttled and len(conn.outbox) <= LOW_WATER:
-            conn.throttled = False
+        conn.update_throttle()
         if conn.peer_done and not conn.outbox:  # everything owed is delivered
             self.close(conn, "client finished")
 
@@ -147,6 +156,7 @@ class EchoServer:
         fd = conn.sock.fileno()
         self.log(f"close fd {fd}: {why}")
         del self.conns[fd]
+        conn.closed = True
         self.epoll.unregister(fd)  # before close: afterwards the fd number means nothing
         conn.sock.close()
 
@@ -179,9 +189,9 @@ class EchoServer:
             return
         if ev & (READABLE | TROUBLE):
             self.on_readable(conn)
-        if ev & (WRITABLE | TROUBLE) and self.conns.get(fd) is conn:
+        if ev & (WRITABLE | TROUBLE) and not conn.closed:
             self.on_writable(conn)
-        if self.conns.get(fd) is conn:
+        if not conn.closed:
             self.update_interest(conn)
 
     def shutdown(self):

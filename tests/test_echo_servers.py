@@ -1,0 +1,250 @@
+"""Lessons 01 (level-triggered) and 02 (edge-triggered): correct under what real clients do."""
+
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+import harness
+
+ECHO_LESSONS = ["01_lt_echo.py", "02_et_echo.py"]
+MiB = 1 << 20
+
+
+@pytest.fixture(params=ECHO_LESSONS)
+def server(request, start):
+    return start(request.param)
+
+
+def reset(sock):
+    """Close with SO_LINGER 0: the kernel sends RST instead of FIN (ECONNRESET at the peer)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def assert_still_serves(server):
+    payload = os.urandom(4096)
+    assert harness.echo(server.address, payload) == payload
+
+
+def test_large_payload_comes_back_intact(server):
+    payload = os.urandom(8 * MiB)  # far larger than both sides' socket buffers
+    assert harness.echo(server.address, payload, timeout=30) == payload
+
+
+def test_every_byte_value_survives(server):
+    payload = bytes(range(256)) * 64 + b"\xff\xfe\x80 not utf-8 \xc3\x28"
+    assert harness.echo(server.address, payload) == payload
+
+
+def test_200_concurrent_clients_each_get_their_own_bytes(server):
+    payloads = [os.urandom(1000 + i) for i in range(200)]
+    assert harness.exchange(server.address, payloads, timeout=30) == payloads
+
+
+def test_half_close_gets_everything_owed(server):
+    payload = os.urandom(3 * MiB)
+    # send all, shutdown(SHUT_WR), then read until the server closes
+    got = harness.exchange(server.address, [payload], half_close=True, timeout=30)[0]
+    assert got == payload
+    assert_still_serves(server)
+
+
+def test_fifty_resets_do_not_stop_the_server(server):
+    for i in range(50):
+        sock = server.connect()
+        harness.send_all(sock, os.urandom(64 * 1024 if i % 2 else 10))
+        reset(sock)  # with data unread and the echo still on its way
+    assert_still_serves(server)
+    assert server.alive()
+
+
+def test_reset_while_the_server_is_writing(server):
+    sock = server.connect()
+    sock.setblocking(False)
+    sent = 0
+    try:  # fill the pipe without reading: the server has output pending
+        while sent < 16 * MiB:
+            sent += sock.send(bytes(256 * 1024))
+    except BlockingIOError:
+        pass
+    reset(sock)
+    assert_still_serves(server)
+
+
+def test_clients_that_connect_and_leave(server):
+    baseline = server.open_fds()
+    for _ in range(50):
+        server.connect().close()
+    for _ in range(20):
+        harness.send_all(server.connect(), b"partial request, then gone")
+    assert_still_serves(server)
+    harness.wait_until(lambda: server.open_fds() == baseline, what="fds back to baseline")
+
+
+def test_file_descriptors_released_after_clients_leave(server):
+    baseline = server.open_fds()
+    clients = [server.connect() for _ in range(100)]
+    for sock in clients:
+        harness.send_all(sock, b"x")
+        assert harness.recv_exactly(sock, 1) == b"x"
+    assert server.open_fds() == baseline + 100
+    for sock in clients:
+        sock.close()
+    harness.wait_until(lambda: server.open_fds() == baseline, what="fds back to baseline")
+
+
+def test_client_that_never_reads_cannot_grow_the_server(server):
+    rss_before = server.rss_bytes()
+    greedy = server.connect()
+    greedy.setblocking(False)
+    sent, chunk = 0, bytes(256 * 1024)
+    deadline = time.monotonic() + 10
+    # Send without ever reading, until the kernel has pushed back for a quarter second.
+    while time.monotonic() < deadline:
+        if not select.select([], [greedy], [], 0.25)[1]:
+            break
+        try:
+            sent += greedy.send(chunk)
+        except BlockingIOError:
+            pass
+    assert time.monotonic() < deadline, f"the server kept taking data: {sent} bytes"
+    grown = server.rss_bytes() - rss_before
+    assert grown < 8 * MiB, f"server grew by {grown} bytes for one client that never reads"
+    assert sent < 64 * MiB
+    assert_still_serves(server)  # and the others are served meanwhile
+    greedy.close()
+
+
+def test_idle_server_uses_no_cpu(server):
+    clients = [server.connect() for _ in range(20)]
+    harness.echo(server.address, b"warm up")
+    before = server.cpu_seconds()
+    time.sleep(1.0)  # a measuring window, not synchronisation
+    used = server.cpu_seconds() - before
+    assert used <= 0.02, f"idle server used {used:.3f} s of CPU in 1 s"
+    wchan = open(f"/proc/{server.pid}/wchan").read()
+    assert "epoll" in wchan, f"idle server waits in {wchan!r}, not in epoll_wait"
+    for sock in clients:
+        sock.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("lesson", ECHO_LESSONS)
+def test_signal_stops_the_server_cleanly(start, lesson, signum):
+    server = start(lesson)
+    clients = [server.connect() for _ in range(5)]
+    harness.echo(server.address, b"busy")
+    began = time.monotonic()
+    server.send_signal(signum)
+    server.proc.wait(timeout=5)
+    assert time.monotonic() - began < 1.0
+    assert server.proc.returncode == 0, server.output()
+    assert "Traceback" not in server.output()
+    for sock in clients:  # the server closed them: EOF, not a hang
+        assert harness.recv_until_eof(sock, timeout=2) == b""
+        sock.close()
+
+
+@pytest.mark.parametrize("lesson", ECHO_LESSONS)
+def test_port_in_use_is_one_clear_line(lesson):
+    with harness.free_port_in_use() as holder:
+        port = holder.getsockname()[1]
+        result = harness.run(lesson, "--port", str(port))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "try --port 0" in result.stderr
+
+
+@pytest.mark.parametrize("lesson", ECHO_LESSONS)
+@pytest.mark.parametrize("args", [["--port", "http"], ["--port", "70000"], ["--frobnicate"]])
+def test_bad_flags_are_one_clear_line(lesson, args):
+    result = harness.run(lesson, *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("lesson", ECHO_LESSONS)
+def test_without_epoll_says_so(lesson):
+    # The same script on a Python without select.epoll, as on macOS or Windows.
+    code = ("import runpy, select, sys; del select.epoll; sys.argv = [sys.argv[0], '--port', '0'];"
+            f"runpy.run_path({str(harness.script_path(lesson))!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=10, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "epoll exists only on Linux" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("lesson", ECHO_LESSONS)
+def test_listens_on_loopback_by_default(lesson):
+    source = harness.script_path(lesson).read_text()
+    assert 'default="127.0.0.1"' in source
+
+
+def wakeups_for_one_arrival(start, lesson, size=10_000, recv_size=1024):
+    """How often epoll reported the client's socket readable for one burst of `size` bytes."""
+    server = start(lesson, "--trace", "--recv-size", str(recv_size))
+    sock = server.connect()
+    fd = server.wait_for_line("accept fd").split()[-1]
+    payload = os.urandom(size)
+    with server.paused():  # the whole burst is in the socket before the server looks
+        harness.send_all(sock, payload)
+    assert harness.recv_exactly(sock, size) == payload
+    sock.close()
+    server.wait_for_line(f"close fd {fd}")
+    return sum(1 for line in server.lines
+               if line.startswith("wake") and f" {fd}=IN" in line), server
+
+
+def test_level_triggered_reports_unread_data_again(start):
+    count, _ = wakeups_for_one_arrival(start, "01_lt_echo.py")
+    # ten reads of 1024 bytes for the data, one more for the EOF
+    assert count == 11
+
+
+def test_edge_triggered_reports_it_once_and_the_server_drains(start):
+    count, _ = wakeups_for_one_arrival(start, "02_et_echo.py")
+    # one edge for the data (drained in one go), one for the EOF
+    assert count == 2
+
+
+def fill_without_reading(sock, limit=64 * MiB, timeout=10.0):
+    """Send until the kernel pushes back for a quarter second; return how much was sent."""
+    sock.setblocking(False)
+    sent, chunk = 0, bytes(256 * 1024)
+    deadline = time.monotonic() + timeout
+    while sent < limit and time.monotonic() < deadline:
+        if not select.select([], [sock], [], 0.25)[1]:
+            return sent
+        try:
+            sent += sock.send(chunk)
+        except BlockingIOError:
+            pass
+    raise AssertionError(f"the server kept taking data: {sent} bytes")
+
+
+@pytest.mark.parametrize("lesson", ECHO_LESSONS)
+def test_epollout_only_while_output_is_pending(start, lesson):
+    server = start(lesson, "--trace")
+    sock = server.connect()
+    sent = fill_without_reading(sock)  # the echo backs up: output pending
+    assert len(harness.recv_exactly(sock, sent, timeout=30)) == sent  # now drain it
+    harness.send_all(sock, b"ping")
+    assert harness.recv_exactly(sock, 4) == b"ping"
+    sock.close()
+    server.stop()  # all its output is read once it has exited
+    changes = [line.split(": ", 1)[1] for line in server.lines if line.startswith("interest")]
+    before, after = zip(*(change.split(" -> ") for change in changes))
+    assert before[0] == "IN" and "OUT" in after[0], changes  # output pending: EPOLLOUT on
+    assert "OUT" in after, changes  # above the high-water mark: reading paused
+    assert after[-1] == "IN", changes  # all delivered: EPOLLOUT off, reading again
