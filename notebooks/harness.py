@@ -425,3 +425,29 @@ def free_port_in_use():
     sock.bind(("127.0.0.1", 0))
     sock.listen()
     return sock
+
+
+def recv_datagrams_until(sock: socket.socket, last: bytes, timeout: float = IO_TIMEOUT,
+                         limit: int = 100_000) -> list[bytes]:
+    """Receive datagrams, one recv each, until one equals `last`; return those before it.
+
+    For UDP: send a known final datagram after the others and wait for it to come back,
+    instead of guessing when the rest have arrived. Raises Stalled (with what came, joined)
+    at the deadline or after `limit` datagrams.
+    """
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        try:
+            datagram = sock.recv(1 << 16)  # a datagram never exceeds 64 KiB
+        except socket.timeout:
+            break
+        if datagram == last:
+            return got
+        got.append(datagram)
+    raise Stalled(f"final datagram not received within {timeout:g} s; "
+                  f"{len(got)} others came", b"".join(got))
