@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Exercise 02: report what the server did when it stops.
+
+This is lesson 02's edge-triggered echo server. Make it count, and when SIGINT or SIGTERM
+stops it, print one last line on stdout, exactly like
+
+    served 3 connections, echoed 6000 bytes
+
+(the connections it accepted, and the bytes the kernel took from its send() calls). Change
+the lines marked TODO, then run `make check`. The finished version is
+solutions/02_shutdown_report.py.
+
+The rest of lesson 02's description follows.
+
+Run it, then talk to it from another terminal:
+
+    python lessons/02_et_echo.py              # listening on 127.0.0.1:9002
+    python lessons/echo_client.py --port 9002
+
+Edge-triggered means: epoll_wait reports a socket when its state *changes* (new data
+arrived, buffer space freed, a client queued), not while it stays ready. The one rule that
+follows: on every event, accept, recv and send until the call would block (EAGAIN, which
+Python raises as BlockingIOError). Stop early and the leftover is never reported again,
+because no new edge comes for data that is already there. Lesson 03 shows each way to break
+this rule; this file is the correct version.
+
+--trace prints one line per wake-up of the loop and per change of interest, so that a
+notebook (or you) can count what the kernel reported. See epoll(7) for the contract.
+"""
+
+import argparse
+import select
+import signal
+import socket
+import sys
+
+EDGE = select.EPOLLET  # report changes of readiness, once each
+READABLE = select.EPOLLIN
+WRITABLE = select.EPOLLOUT
+# The kernel always reports these, asked or not. They are not a verdict: the next recv or
+# send says what really happened (EOF, reset, ...), so treat them as "both directions ready".
+TROUBLE = select.EPOLLHUP | select.EPOLLERR
+
+RECV_SIZE = 64 * 1024  # bytes asked for by one recv(); the drain calls it until EAGAIN
+HIGH_WATER = 1 << 20  # unsent bytes at which we stop reading from that client...
+LOW_WATER = 256 * 1024  # ...and the level at which we read from it again
+BACKLOG = 1024  # connections the kernel may queue for us before accept()
+
+
+def mask_name(mask):
+    names = [name for bit, name in ((READABLE, "IN"), (WRITABLE, "OUT"),
+                                    (select.EPOLLHUP, "HUP"), (select.EPOLLERR, "ERR"))
+             if mask & bit]
+    return "|".join(names) or "-"
+
+
+class Connection:
+    """Everything the server knows about one client, in one place."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.outbox = bytearray()  # echoed bytes the kernel has not taken yet
+        self.peer_done = False  # the client sent EOF (close or shutdown(SHUT_WR))
+        self.throttled = False  # outbox passed HIGH_WATER: stop reading until LOW_WATER
+        self.interest = READABLE  # what epoll watches for now
+        self.closed = False
+
+    def update_throttle(self):
+        """Hysteresis: pause reading above HIGH_WATER, resume only below LOW_WATER."""
+        if len(self.outbox) >= HIGH_WATER:
+            self.throttled = True
+        elif len(self.outbox) <= LOW_WATER:
+            self.throttled = False
+
+    def wanted(self):
+        """The interest mask this state calls for: derived, never edited by hand."""
+        mask = 0
+        if not self.peer_done and not self.throttled:
+            mask |= READABLE
+        if self.outbox:  # ask for EPOLLOUT only while there is something to write
+            mask |= WRITABLE
+        return mask
+
+
+class EchoServer:
+    """Like lesson 01's, but every handler drains: it loops until EAGAIN."""
+
+    def __init__(self, listener, trace=False, recv_size=RECV_SIZE):
+        self.listener = listener
+        self.trace = trace
+        self.recv_size = recv_size
+        self.conns = {}  # fd -> Connection
+        self.epoll = select.epoll()
+        self.epoll.register(listener.fileno(), READABLE | EDGE)
+        # The self-pipe: a signal handler cannot touch the loop, but Python writes the
+        # signal number into this socket, which wakes epoll_wait like any client would.
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        self.epoll.register(self.wake_r.fileno(), READABLE | EDGE)
+        self.running = True
+        # TODO: two counters, for connections accepted and for bytes echoed.
+
+    def log(self, text):
+        if self.trace:
+            print(text, flush=True)
+
+    # -- the handlers -------------------------------------------------------------------
+
+    def on_accept(self):
+        # Edge-triggered: several clients that arrive together make one edge. Accept until
+        # the queue is empty, or the ones still queued wait until yet another client comes.
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:  # queue drained: the next arrival is a new edge
+                return
+            except OSError as e:  # one client gave up already (ECONNABORTED), or out of fds
+                self.log(f"accept failed: {e.strerror}")
+                return
+            sock.setblocking(False)
+            conn = Connection(sock)
+            self.conns[sock.fileno()] = conn
+            self.epoll.register(sock.fileno(), conn.interest | EDGE)
+            self.log(f"accept fd {sock.fileno()}")
+            # TODO: count the connection.
+
+    def on_readable(self, conn):
+        # Drain: recv until EAGAIN. Whatever is left unread now will not be reported again.
+        while True:
+            try:
+                data = conn.sock.recv(self.recv_size)
+            except BlockingIOError:  # drained; the next arrival is a new edge
+                break
+            except OSError as e:  # ECONNRESET and friends: this client is gone
+                self.close(conn, e.strerror)
+                return
+            if not data:  # EOF: the client will send no more, but it may still be reading
+                conn.peer_done = True
+                break
+            conn.outbox += data
+            self.on_writable(conn)  # try to send now; EPOLLOUT is only for what is left
+            if conn.closed or conn.throttled:
+                # Closed, or too much output pending: stop reading with data possibly left
+                # behind. No edge will announce it, but wanted() drops EPOLLIN now, and the
+                # epoll_ctl that adds it back later re-checks readiness and reports it.
+                return
+        if conn.peer_done:
+            self.on_writable(conn)  # nothing more to read: finish, or close if all is sent
+
+    def on_writable(self, conn):
+        # Drain the other way: send until the outbox is empty or the kernel says EAGAIN.
+        # Stop early with the kernel still willing, and no EPOLLOUT edge will come.
+        while conn.outbox:
+            try:
+                sent = conn.sock.send(conn.outbox)
+            except BlockingIOError:  # socket buffer full: EPOLLOUT fires when it empties
+                break
+            except OSError as e:  # EPIPE, ECONNRESET: the client stopped listening
+                self.close(conn, e.strerror)
+                return
+            del conn.outbox[:sent]  # bytearray drops a prefix without copying the rest
+            # TODO: count the bytes sent.
+        conn.update_throttle()
+        if conn.peer_done and not conn.outbox:  # everything owed is delivered
+            self.close(conn, "client finished")
+
+    def close(self, conn, why):
+        fd = conn.sock.fileno()
+        self.log(f"close fd {fd}: {why}")
+        del self.conns[fd]
+        conn.closed = True
+        self.epoll.unregister(fd)  # before close: afterwards the fd number means nothing
+        conn.sock.close()
+
+    def update_interest(self, conn):
+        wanted = conn.wanted()
+        if wanted != conn.interest:  # one epoll_ctl only when something changed
+            self.log(f"interest fd {conn.sock.fileno()}: {mask_name(conn.interest)} -> "
+                      f"{mask_name(wanted)}")
+            self.epoll.modify(conn.sock.fileno(), wanted | EDGE)
+            conn.interest = wanted
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def serve(self):
+        listen_fd, wake_fd = self.listener.fileno(), self.wake_r.fileno()
+        while self.running:
+            events = self.epoll.poll()  # sleeps in the kernel until something is ready
+            self.log("wake " + " ".join(f"{fd}={mask_name(ev)}" for fd, ev in events))
+            for fd, ev in events:
+                if fd == listen_fd:
+                    self.on_accept()
+                elif fd == wake_fd:
+                    self.running = False
+                else:
+                    self.dispatch(fd, ev)
+
+    def dispatch(self, fd, ev):
+        conn = self.conns.get(fd)
+        if conn is None:  # closed by an earlier event in this same batch
+            return
+        if ev & (READABLE | TROUBLE):
+            self.on_readable(conn)
+        if ev & (WRITABLE | TROUBLE) and not conn.closed:
+            self.on_writable(conn)
+        if not conn.closed:
+            self.update_interest(conn)
+
+    def shutdown(self):
+        for conn in list(self.conns.values()):
+            self.close(conn, "server stopping")
+        signal.set_wakeup_fd(-1)
+        self.epoll.close()
+        self.listener.close()
+        self.wake_r.close()
+        self.wake_w.close()
+        # TODO: print the report line (flush it: stdout may be a pipe).
+
+
+# -- the program ------------------------------------------------------------------------
+
+def fail(message):
+    """A mistake of the user: one clear line, status 2, no traceback."""
+    print(f"{sys.argv[0]}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description="Echo server on edge-triggered epoll.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=9002, help="0 takes any free port")
+    parser.add_argument("--trace", action="store_true",
+                        help="print every wake-up of the loop and every interest change")
+    parser.add_argument("--recv-size", type=int, default=RECV_SIZE, metavar="N",
+                        help=f"bytes per recv() call (default {RECV_SIZE})")
+    parser.error = lambda message: fail(f"{message} (see --help)")
+    args = parser.parse_args()
+    if not 0 <= args.port <= 65535:
+        fail(f"--port must be between 0 and 65535, not {args.port}")
+    if args.recv_size < 1:
+        fail("--recv-size must be at least 1")
+    return args
+
+
+def listen(host, port):
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+    except OSError as e:
+        hint = " (is another server using it? try --port 0)" if port else ""
+        fail(f"cannot listen on {host}:{port}: {e.strerror}{hint}")
+    listener.setblocking(False)
+    return listener
+
+
+def main():
+    args = parse_args()
+    if not hasattr(select, "epoll"):
+        fail(f"epoll exists only on Linux, and this is {sys.platform}; "
+             "use a Linux machine, VM, WSL2 or container")
+    listener = listen(args.host, args.port)
+    server = EchoServer(listener, trace=args.trace, recv_size=args.recv_size)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)  # the wake-up fd does the work
+    host, port = listener.getsockname()[:2]
+    print(f"listening on {host}:{port}", flush=True)
+    try:
+        server.serve()
+    finally:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
