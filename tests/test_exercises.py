@@ -1,13 +1,14 @@
 """Every exercise's check fails on the unsolved starting point and passes on the solution."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("exercise_check", ROOT / "exercises" / "check.py")
-check = importlib.util.module_from_spec(_spec)
+check = sys.modules["exercise_check"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)
 
 EXERCISES = check.load_exercises()
