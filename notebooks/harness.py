@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import select
 import selectors
 import signal
 import socket
@@ -417,6 +418,30 @@ def exchange(address, payloads: list[bytes], timeout: float = IO_TIMEOUT,
 def echo(address, payload: bytes, timeout: float = IO_TIMEOUT) -> bytes:
     """Send payload on a new connection and read back as many bytes, concurrently."""
     return exchange(address, [payload], timeout=timeout)[0]
+
+
+def fill_without_reading(sock: socket.socket, limit: int = 64 << 20,
+                         timeout: float = IO_TIMEOUT, quiet: float = 0.25) -> int:
+    """Send on sock without ever reading until the kernel pushes back; return bytes sent.
+
+    "Pushed back" means the socket stayed unwritable for `quiet` seconds: every buffer on
+    the way (ours, the server's, and whatever the server holds itself) is full. Raises
+    AssertionError if the peer still takes data after `limit` bytes or `timeout` seconds.
+    """
+    sock.setblocking(False)
+    sent, chunk = 0, bytes(256 * 1024)
+    deadline = time.monotonic() + timeout
+    try:
+        while sent < limit and time.monotonic() < deadline:
+            if not select.select([], [sock], [], quiet)[1]:
+                return sent
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                pass
+    finally:
+        sock.settimeout(timeout)
+    raise AssertionError(f"the server kept taking data: {sent} bytes and counting")
 
 
 def free_port_in_use():

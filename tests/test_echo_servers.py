@@ -1,7 +1,6 @@
 """Lessons 01 (level-triggered) and 02 (edge-triggered): correct under what real clients do."""
 
 import os
-import select
 import signal
 import socket
 import struct
@@ -103,18 +102,7 @@ def test_file_descriptors_released_after_clients_leave(server):
 def test_client_that_never_reads_cannot_grow_the_server(server):
     rss_before = server.rss_bytes()
     greedy = server.connect()
-    greedy.setblocking(False)
-    sent, chunk = 0, bytes(256 * 1024)
-    deadline = time.monotonic() + 10
-    # Send without ever reading, until the kernel has pushed back for a quarter second.
-    while time.monotonic() < deadline:
-        if not select.select([], [greedy], [], 0.25)[1]:
-            break
-        try:
-            sent += greedy.send(chunk)
-        except BlockingIOError:
-            pass
-    assert time.monotonic() < deadline, f"the server kept taking data: {sent} bytes"
+    sent = harness.fill_without_reading(greedy)  # the kernel pushes back: backpressure
     grown = server.rss_bytes() - rss_before
     assert grown < 8 * MiB, f"server grew by {grown} bytes for one client that never reads"
     assert sent < 64 * MiB
@@ -218,26 +206,11 @@ def test_edge_triggered_reports_it_once_and_the_server_drains(start):
     assert count == 2
 
 
-def fill_without_reading(sock, limit=64 * MiB, timeout=10.0):
-    """Send until the kernel pushes back for a quarter second; return how much was sent."""
-    sock.setblocking(False)
-    sent, chunk = 0, bytes(256 * 1024)
-    deadline = time.monotonic() + timeout
-    while sent < limit and time.monotonic() < deadline:
-        if not select.select([], [sock], [], 0.25)[1]:
-            return sent
-        try:
-            sent += sock.send(chunk)
-        except BlockingIOError:
-            pass
-    raise AssertionError(f"the server kept taking data: {sent} bytes")
-
-
 @pytest.mark.parametrize("lesson", ECHO_LESSONS)
 def test_epollout_only_while_output_is_pending(start, lesson):
     server = start(lesson, "--trace")
     sock = server.connect()
-    sent = fill_without_reading(sock)  # the echo backs up: output pending
+    sent = harness.fill_without_reading(sock)  # the echo backs up: output pending
     assert len(harness.recv_exactly(sock, sent, timeout=30)) == sent  # now drain it
     harness.send_all(sock, b"ping")
     assert harness.recv_exactly(sock, 4) == b"ping"
