@@ -444,6 +444,28 @@ def fill_without_reading(sock: socket.socket, limit: int = 64 << 20,
     raise AssertionError(f"the server kept taking data: {sent} bytes and counting")
 
 
+def readable_reports(script: str | os.PathLike, size: int, recv_size: int = 1024,
+                     *args: str) -> int:
+    """How often epoll reported one client readable for one burst of `size` bytes.
+
+    For the echo lessons' --trace output ("accept fd N", "wake N=IN ...", "close fd N").
+    The burst is sent while the server is paused, so it is all in the socket before the
+    server looks: one arrival, every run. The wake-up for the client's EOF is not counted.
+    """
+    with start(script, "--trace", "--recv-size", str(recv_size), *args) as server:
+        with server.connect() as sock:
+            fd = server.wait_for_line("accept fd").split()[-1]
+            data = os.urandom(size)
+            with server.paused():
+                send_all(sock, data)
+            if recv_exactly(sock, size) != data:
+                raise AssertionError("the echo came back altered")
+        server.wait_for_line(f"close fd {fd}")
+        reports = sum(1 for line in server.lines
+                      if line.startswith("wake") and f" {fd}=IN" in line)
+    return reports - 1
+
+
 def free_port_in_use():
     """A listening socket on a loopback port, for showing what 'port in use' looks like."""
     sock = socket.socket()

@@ -179,31 +179,15 @@ def test_listens_on_loopback_by_default(lesson):
     assert 'default="127.0.0.1"' in source
 
 
-def wakeups_for_one_arrival(start, lesson, size=10_000, recv_size=1024):
-    """How often epoll reported the client's socket readable for one burst of `size` bytes."""
-    server = start(lesson, "--trace", "--recv-size", str(recv_size))
-    sock = server.connect()
-    fd = server.wait_for_line("accept fd").split()[-1]
-    payload = os.urandom(size)
-    with server.paused():  # the whole burst is in the socket before the server looks
-        harness.send_all(sock, payload)
-    assert harness.recv_exactly(sock, size) == payload
-    sock.close()
-    server.wait_for_line(f"close fd {fd}")
-    return sum(1 for line in server.lines
-               if line.startswith("wake") and f" {fd}=IN" in line), server
+def test_level_triggered_reports_unread_data_again():
+    # ten reads of 1024 bytes, each after its own report
+    assert harness.readable_reports("01_lt_echo.py", 10_000, recv_size=1024) == 10
 
 
-def test_level_triggered_reports_unread_data_again(start):
-    count, _ = wakeups_for_one_arrival(start, "01_lt_echo.py")
-    # ten reads of 1024 bytes for the data, one more for the EOF
-    assert count == 11
+def test_edge_triggered_reports_it_once_and_the_server_drains():
+    # one edge for the burst, drained in one go
+    assert harness.readable_reports("02_et_echo.py", 10_000, recv_size=1024) == 1
 
-
-def test_edge_triggered_reports_it_once_and_the_server_drains(start):
-    count, _ = wakeups_for_one_arrival(start, "02_et_echo.py")
-    # one edge for the data (drained in one go), one for the EOF
-    assert count == 2
 
 
 @pytest.mark.parametrize("lesson", ECHO_LESSONS)
