@@ -1,0 +1,400 @@
+"""Lesson 04, the HTTP/1.1 responder, driven by real clients: curl, http.client, urllib, wrk,
+and raw sockets for what those clients never do (pipelining, byte-at-a-time, bad input)."""
+
+import http.client
+import re
+import signal
+import socket
+import subprocess
+import urllib.request
+
+import pytest
+
+import harness
+from conftest import require_tool
+
+LESSON = "04_http_responder.py"
+HELLO = b"Hello, world!"
+
+
+def get(host="x", path="/", version="HTTP/1.1", extra=""):
+    return f"GET {path} {version}\r\nHost: {host}\r\n{extra}\r\n".encode()
+
+
+def post_echo(body: bytes, extra="") -> bytes:
+    return (f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+            .encode() + body)
+
+
+def read_response(sock, buffer: bytearray):
+    """Read one response (head + Content-Length body) from sock; every recv is bounded."""
+    while b"\r\n\r\n" not in buffer:
+        sock.settimeout(harness.IO_TIMEOUT)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise harness.Stalled("connection closed inside a response head", bytes(buffer))
+        buffer += chunk
+    end = buffer.index(b"\r\n\r\n") + 4
+    head = bytes(buffer[:end])
+    match = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
+    length = int(match.group(1)) if match and not head.startswith(b"HTTP/1.1 1") else 0
+    while len(buffer) < end + length:
+        sock.settimeout(harness.IO_TIMEOUT)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise harness.Stalled("connection closed inside a response body", bytes(buffer))
+        buffer += chunk
+    body = bytes(buffer[end:end + length])
+    del buffer[:end + length]
+    status = int(head.split(b" ", 2)[1])
+    return status, head, body
+
+
+def read_responses(sock, count):
+    buffer = bytearray()
+    responses = [read_response(sock, buffer) for _ in range(count)]
+    assert not buffer, f"unexpected bytes after {count} responses: {bytes(buffer[:80])!r}"
+    return responses
+
+
+def assert_closed(sock):
+    """The server closed (EOF) with nothing more to say; bounded."""
+    rest = harness.recv_until_eof(sock, timeout=5)
+    assert rest == b"", f"expected EOF, got {rest[:80]!r}"
+
+
+@pytest.fixture
+def server(start):
+    return start(LESSON)
+
+
+# -- real clients ----------------------------------------------------------------------------
+
+def test_curl_get_head_and_post(server):
+    curl = require_tool("curl")
+    base = f"http://127.0.0.1:{server.port}"
+    run = lambda *args: subprocess.run([curl, "-sS", "--max-time", "10", *args],
+                                       capture_output=True, timeout=20)
+    got = run(base + "/")
+    assert got.returncode == 0 and got.stdout == HELLO, got
+    head = run("-I", base + "/")
+    assert head.returncode == 0
+    text = head.stdout.decode()
+    assert text.startswith("HTTP/1.1 200 OK\r\n")
+    assert "Content-Length: 13\r\n" in text and "Content-Type: text/plain\r\n" in text
+    assert re.search(r"\r\nDate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n", text)
+    echoed = run("--data-binary", "@-", base + "/echo")
+    assert echoed.returncode == 0 and echoed.stdout == b""
+    body = bytes(range(256)) * 40  # over 1 KiB: curl asks "Expect: 100-continue" first
+    echoed = subprocess.run([curl, "-sS", "--max-time", "10", "-H", "Expect: 100-continue",
+                             "--data-binary", "@-", base + "/echo"],
+                            input=body, capture_output=True, timeout=20)
+    assert echoed.returncode == 0 and echoed.stdout == body
+
+
+def test_curl_reuses_one_connection(server):
+    curl = require_tool("curl")
+    url = f"http://127.0.0.1:{server.port}/"
+    got = subprocess.run([curl, "-sv", "--max-time", "10", url, url, url],
+                         capture_output=True, timeout=20)
+    assert got.returncode == 0 and got.stdout == HELLO * 3
+    assert got.stderr.count(b"Re-using existing connection") == 2, got.stderr.decode()
+
+
+def test_http_client_keep_alive_many_requests(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        conn.getresponse().read()
+        first_socket = conn.sock
+        for i in range(200):
+            if i % 2:
+                conn.request("POST", "/echo", body=f"request {i}".encode())
+                expected = f"request {i}".encode()
+            else:
+                conn.request("GET", "/?n=%d" % i)
+                expected = HELLO
+            response = conn.getresponse()
+            assert response.status == 200
+            assert response.read() == expected
+            assert not response.will_close
+        assert conn.sock is first_socket  # all 201 requests on one TCP connection
+        conn.request("HEAD", "/")
+        response = conn.getresponse()
+        assert response.getheader("Content-Length") == "13" and response.read() == b""
+        conn.request("GET", "/nowhere")
+        response = conn.getresponse()
+        assert response.status == 404 and b"Not Found" in response.read()
+        conn.request("GET", "/")  # a 404 keeps the connection
+        assert conn.getresponse().read() == HELLO
+    finally:
+        conn.close()
+
+
+def test_urllib(server):
+    base = f"http://127.0.0.1:{server.port}"
+    with urllib.request.urlopen(base + "/", timeout=10) as response:
+        assert response.status == 200 and response.read() == HELLO
+        assert response.headers["Content-Type"] == "text/plain"
+    request = urllib.request.Request(base + "/echo", data=b"\x00\xff binary", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.read() == b"\x00\xff binary"
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(urllib.request.Request(base + "/", method="PUT", data=b"x"),
+                               timeout=10)
+    assert caught.value.code == 405 and caught.value.headers["Allow"] == "GET, HEAD"
+    caught.value.close()
+
+
+def test_wrk_load_has_no_errors(server):
+    wrk = require_tool("wrk")
+    got = subprocess.run([wrk, "-t1", "-c20", "-d1s", f"http://127.0.0.1:{server.port}/"],
+                         capture_output=True, text=True, timeout=30)
+    assert got.returncode == 0, got.stderr
+    assert "Socket errors" not in got.stdout and "Non-2xx" not in got.stdout, got.stdout
+    done = int(re.search(r"(\d+) requests in", got.stdout).group(1))
+    assert done > 100, got.stdout
+    assert server.alive()
+
+
+# -- framing: pipelining, pieces, versions ---------------------------------------------------
+
+def test_hundred_pipelined_requests_in_one_write(server):
+    requests = [post_echo(b"n%d" % i) if i % 3 == 0 else get(path=f"/?{i}")
+                for i in range(100)]
+    with server.connect() as sock:
+        harness.send_all(sock, b"".join(requests))
+        responses = read_responses(sock, 100)
+        for i, (status, _, body) in enumerate(responses):
+            assert status == 200
+            assert body == (b"n%d" % i if i % 3 == 0 else HELLO), f"response {i} out of order"
+        harness.send_all(sock, get())  # still open and serving
+        assert read_responses(sock, 1)[0][2] == HELLO
+
+
+def test_requests_one_byte_at_a_time(server):
+    data = get() + post_echo(b"split across many reads") + get(extra="Connection: close\r\n")
+    with server.connect() as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            sock.sendall(data[i:i + 1])
+        responses = read_responses(sock, 3)
+        assert [body for _, _, body in responses] == [HELLO, b"split across many reads", HELLO]
+        assert b"Connection: close\r\n" in responses[2][1]
+        assert_closed(sock)
+
+
+def test_http10_closes_unless_keep_alive_is_asked(server):
+    with server.connect() as sock:
+        harness.send_all(sock, b"GET / HTTP/1.0\r\n\r\n")
+        (status, head, body), = read_responses(sock, 1)
+        assert status == 200 and body == HELLO and b"Connection: close" in head
+        assert_closed(sock)
+    with server.connect() as sock:
+        harness.send_all(sock, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" * 2)
+        responses = read_responses(sock, 2)
+        assert all(b"Connection: keep-alive\r\n" in head for _, head, _ in responses)
+        harness.send_all(sock, b"GET / HTTP/1.0\r\n\r\n")
+        assert read_responses(sock, 1)[0][2] == HELLO
+        assert_closed(sock)
+
+
+def test_connection_close_is_honoured_and_later_requests_dropped(server):
+    with server.connect() as sock:
+        harness.send_all(sock, get(extra="Connection: close\r\n") + get() + get())
+        (status, head, _), = read_responses(sock, 1)  # only the first is answered
+        assert status == 200 and b"Connection: close\r\n" in head
+        assert_closed(sock)
+
+
+def test_half_closed_client_still_gets_its_answers(server):
+    with server.connect() as sock:
+        harness.send_all(sock, get() + get())
+        sock.shutdown(socket.SHUT_WR)
+        responses = read_responses(sock, 2)
+        assert [body for _, _, body in responses] == [HELLO, HELLO]
+        assert_closed(sock)
+
+
+# -- errors: a clear status, then the connection closes --------------------------------------
+
+ERRORS = {
+    "garbage request line": (b"\xff\xfe\x00 hello\r\n\r\n", 400),
+    "two spaces in request line": (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "header without colon": (b"GET / HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n", 400),
+    "space before colon": (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+    "folded header": (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  more\r\n\r\n", 400),
+    "control byte in value": (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 400),
+    "missing host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "bad content-length": (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+    "two content-lengths": (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                            b"Content-Length: 2\r\n\r\nab", 400),
+    "bare LF lines": (b"GET / HTTP/1.1\nHost: x\n\n", 400),
+    "method not allowed": (b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+    "GET on /echo": (b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+    "head too large": (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    "body too large": (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413),
+    "HTTP/2.0": (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    "HTTP/0.9 style": (b"GET / HTTP/9\r\n\r\n", 400),
+    "chunked": (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n0\r\n\r\n", 501),
+}
+
+
+@pytest.mark.parametrize("name", ERRORS)
+def test_error_is_answered_then_closed(server, name):
+    data, status = ERRORS[name]
+    with server.connect() as sock:
+        harness.send_all(sock, get() + data)  # a good request first: it is answered
+        reply = harness.recv_until_eof(sock, timeout=5)
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+    second = reply[reply.index(HELLO) + len(HELLO):]
+    assert second.startswith(b"HTTP/1.1 %d " % status), second[:80]
+    assert b"Connection: close\r\n" in second
+    if status == 405:
+        assert re.search(rb"\r\nAllow: [A-Z, ]+\r\n", second)
+    assert urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10).read() == HELLO
+
+
+def test_header_limit_is_a_flag(start):
+    server = start(LESSON, "--max-header-bytes", "100")
+    with server.connect() as sock:
+        harness.send_all(sock, get(extra="X-Pad: " + "p" * 100 + "\r\n"))
+        assert harness.recv_until_eof(sock, timeout=5).startswith(b"HTTP/1.1 431 ")
+    big = start(LESSON, "--max-header-bytes", "20000")
+    with big.connect() as sock:
+        harness.send_all(sock, get(extra="X-Pad: " + "p" * 12000 + "\r\n"))
+        assert read_responses(sock, 1)[0][0] == 200
+
+
+def test_413_comes_before_the_body_is_sent(start):
+    server = start(LESSON, "--max-body-bytes", "10")
+    with server.connect() as sock:
+        harness.send_all(sock, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n"
+                               b"Expect: 100-continue\r\n\r\n")
+        reply = harness.recv_until_eof(sock, timeout=5)
+        assert reply.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in reply
+
+
+def test_endless_header_keeps_memory_bounded(server):
+    rss_before = server.rss_bytes()
+    line = b"X-Endless: " + b"e" * 4000 + b"\r\n"
+    with server.connect() as sock:
+        harness.send_all(sock, b"GET / HTTP/1.1\r\nHost: x\r\n")
+        sent = 0
+        sock.setblocking(False)
+        reply = b""
+        while not reply and sent < 8 << 20:  # header lines until the server speaks (431)
+            try:
+                sent += sock.send(line)
+                reply = sock.recv(65536)
+            except BlockingIOError:
+                pass
+        sock.shutdown(socket.SHUT_WR)
+        reply += harness.recv_until_eof(sock, timeout=5)
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:80]
+    assert server.rss_bytes() - rss_before < 4 << 20
+    assert urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10).read() == HELLO
+
+
+def test_client_that_never_reads_keeps_memory_bounded(server):
+    rss_before = server.rss_bytes()
+    with server.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(0.5)
+        burst = get() * 2000
+        sent = 0
+        try:
+            while sent < 200 * len(burst):  # pipelined requests, responses never read
+                sock.sendall(burst)
+                sent += len(burst)
+        except socket.timeout:
+            pass  # the server stopped reading: its outbox is full and it is throttled
+        assert sent < 200 * len(burst)
+        assert server.rss_bytes() - rss_before < 16 << 20
+        assert urllib.request.urlopen(f"http://127.0.0.1:{server.port}/",
+                                      timeout=10).read() == HELLO
+
+
+def test_slow_client_does_not_hold_up_others(server):
+    with server.connect() as slow:
+        harness.send_all(slow, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Le")
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            for _ in range(20):
+                conn.request("GET", "/")
+                assert conn.getresponse().read() == HELLO
+        finally:
+            conn.close()
+        harness.send_all(slow, b"ngth: 4\r\n\r\nslow")
+        assert read_responses(slow, 1)[0][2] == b"slow"
+
+
+def test_rude_clients_do_not_stop_the_server(server):
+    for data in (b"", b"GET / HTT", get() * 50, b"\x80" * 5000):
+        sock = server.connect()
+        if data:
+            harness.send_all(sock, data)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # SO_LINGER 0: close sends a reset
+    assert urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10).read() == HELLO
+    assert server.alive()
+
+
+# -- timers ----------------------------------------------------------------------------------
+
+def test_idle_and_half_sent_connections_time_out(start):
+    server = start(LESSON, "--idle-timeout", "0.3", "--trace")
+    with server.connect() as idle, server.connect() as half, server.connect() as used:
+        harness.send_all(half, b"GET / HTTP/1.1\r\nHost:")
+        harness.send_all(used, get())
+        assert read_responses(used, 1)[0][2] == HELLO
+        assert harness.recv_until_eof(idle, timeout=5) == b""
+        assert harness.recv_until_eof(used, timeout=5) == b""  # idle after its answer
+        assert harness.recv_until_eof(half, timeout=5).startswith(b"HTTP/1.1 408 ")
+    server.wait_for_line("request timed out", timeout=5)
+    before = server.cpu_seconds()
+    harness.recv_until_quiet(server.connect(), quiet=0.2, timeout=1)
+    assert server.cpu_seconds() - before < 0.1  # no spinning around the timers
+
+
+def test_default_timeout_keeps_a_pause_between_requests(server):
+    with server.connect() as sock:
+        harness.send_all(sock, get())
+        read_responses(sock, 1)
+        assert harness.recv_until_quiet(sock, quiet=0.4) == b""  # still open, silent
+        harness.send_all(sock, get())
+        assert read_responses(sock, 1)[0][2] == HELLO
+
+
+# -- the contract ----------------------------------------------------------------------------
+
+def test_sigterm_and_sigint_exit_zero(start):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        server = start(LESSON)
+        with server.connect() as sock:
+            harness.send_all(sock, get())
+            read_responses(sock, 1)
+            assert server.stop(sig) == 0
+
+
+def test_user_mistakes_exit_2_with_one_line():
+    holder = harness.free_port_in_use()
+    try:
+        port = str(holder.getsockname()[1])
+        for args in (["--port", port], ["--idle-timeout", "0"], ["--bogus"],
+                     ["--max-header-bytes", "3"]):
+            done = harness.run(LESSON, *args)
+            assert done.returncode == 2, args
+            assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    finally:
+        holder.close()
+
+
+def test_no_keep_alive_flag_closes_after_each_answer(start):
+    server = start(LESSON, "--no-keep-alive")
+    with server.connect() as sock:
+        harness.send_all(sock, get() + get())
+        (status, head, body), = read_responses(sock, 1)
+        assert body == HELLO and b"Connection: close\r\n" in head
+        assert_closed(sock)
