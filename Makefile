@@ -24,8 +24,11 @@ $(READY): requirements.txt
 	$(BIN)/python -c "import matplotlib.pyplot"
 	touch $@
 
+# Jupyter refuses to run as root (as in many containers) unless told it may.
+ROOT_OK := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(READY)
-	$(BIN)/jupyter lab --no-browser --notebook-dir=notebooks $(LAB_ARGS)
+	$(BIN)/jupyter lab --no-browser --notebook-dir=notebooks $(ROOT_OK) $(LAB_ARGS)
 
 test: $(READY)
 	$(BIN)/python -m pytest

@@ -1,0 +1,93 @@
+"""The workbook as a whole: the two commands, the layout, the committed notebooks."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import harness
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
+
+
+def test_second_setup_installs_nothing():
+    # `make -q` exits 0 when the target is up to date: the venv matches the pins.
+    result = subprocess.run(["make", "-q", ".venv/.pins-installed"], cwd=ROOT, timeout=30)
+    assert result.returncode == 0, "the venv is older than requirements.txt; make would reinstall"
+
+
+def test_conda_route_uses_the_same_pins():
+    assert "-r requirements.txt" in (ROOT / "environment.yml").read_text()
+
+
+def test_make_lab_serves_the_notebooks(tmp_path):
+    token = "workbook-test"
+    log = tmp_path / "lab.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            ["make", "-s", "lab", f"LAB_ARGS=--ServerApp.port=0 --IdentityProvider.token={token}"],
+            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+    try:
+        def url_printed():
+            match = re.search(r"(http://127\.0\.0\.1:\d+)/lab", log.read_text())
+            return match and match.group(1)
+
+        url = harness.wait_until(url_printed, timeout=60, what="JupyterLab printing its URL")
+        request = urllib.request.Request(f"{url}/api/contents",
+                                         headers={"Authorization": f"token {token}"})
+
+        def listing():
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return {item["name"] for item in json.load(response)["content"]}
+            except OSError:  # printed its URL a moment before it listens
+                return None
+
+        listed = harness.wait_until(listing, timeout=30, what="JupyterLab answering")
+        assert {nb.name for nb in NOTEBOOKS} <= listed
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_every_lesson_has_a_notebook_and_every_exercise_a_solution():
+    assert [p.stem for p in LESSONS] == [p.stem for p in NOTEBOOKS]
+    exercises = sorted(p.name for p in (ROOT / "exercises").glob("[0-9][0-9]_*.py"))
+    solutions = sorted(p.name for p in (ROOT / "solutions").glob("[0-9][0-9]_*.py"))
+    assert exercises == solutions and exercises
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_executed_and_clean(notebook):
+    cells = json.loads(notebook.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+    assert all(c["execution_count"] is not None for c in code), "commit the executed notebook"
+    counts = [c["execution_count"] for c in code]
+    assert counts == list(range(1, len(code) + 1)), "run top to bottom in a fresh kernel"
+    for cell in code:
+        for output in cell["outputs"]:
+            assert output["output_type"] != "error", "".join(cell["source"])[:80]
+            assert output.get("name") != "stderr", "stderr in a stored output"
+    text = json.dumps(cells)
+    assert "--nbval-lax" not in text
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.name)
+def test_lesson_script_keeps_the_basic_promises(lesson):
+    source = lesson.read_text()
+    assert 'default="127.0.0.1"' in source, "listen on loopback unless told otherwise"
+    assert "import " in source and not re.search(r"^(from|import) (harness|pytest)", source, re.M)
+    result = harness.run(lesson.name, "--help")
+    assert result.returncode == 0 and "--port" in result.stdout
