@@ -498,3 +498,45 @@ def recv_datagrams_until(sock: socket.socket, last: bytes, timeout: float = IO_T
         got.append(datagram)
     raise Stalled(f"final datagram not received within {timeout:g} s; "
                   f"{len(got)} others came", b"".join(got))
+
+
+def recv_http_response(sock: socket.socket, pending: bytearray | None = None,
+                       timeout: float = IO_TIMEOUT, head_only: bool = False):
+    """Receive one HTTP/1.x response framed by Content-Length; return (status, head, body).
+
+    `pending` is a bytearray kept between calls on one connection: bytes that arrive beyond
+    this response (pipelined answers) stay in it for the next call. A 1xx answer or
+    head_only=True (for HEAD) has no body. Raises Stalled (with what came) at the deadline
+    or at EOF.
+    """
+    buf = bytearray() if pending is None else pending
+    deadline = time.monotonic() + timeout
+
+    def more():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Stalled(f"no complete response within {timeout:g} s", bytes(buf))
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(1 << 16)
+        except socket.timeout:
+            return
+        if not chunk:
+            raise Stalled(f"connection closed inside a response ({len(buf)} bytes)", bytes(buf))
+        buf.extend(chunk)
+
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        more()
+    head = bytes(buf[:end + 4])
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    if not head_only and status >= 200:
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+    while len(buf) < len(head) + length:
+        more()
+    body = bytes(buf[len(head):len(head) + length])
+    del buf[:len(head) + length]
+    return status, head, body

@@ -26,33 +26,9 @@ def post_echo(body: bytes, extra="") -> bytes:
             .encode() + body)
 
 
-def read_response(sock, buffer: bytearray):
-    """Read one response (head + Content-Length body) from sock; every recv is bounded."""
-    while b"\r\n\r\n" not in buffer:
-        sock.settimeout(harness.IO_TIMEOUT)
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise harness.Stalled("connection closed inside a response head", bytes(buffer))
-        buffer += chunk
-    end = buffer.index(b"\r\n\r\n") + 4
-    head = bytes(buffer[:end])
-    match = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
-    length = int(match.group(1)) if match and not head.startswith(b"HTTP/1.1 1") else 0
-    while len(buffer) < end + length:
-        sock.settimeout(harness.IO_TIMEOUT)
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise harness.Stalled("connection closed inside a response body", bytes(buffer))
-        buffer += chunk
-    body = bytes(buffer[end:end + length])
-    del buffer[:end + length]
-    status = int(head.split(b" ", 2)[1])
-    return status, head, body
-
-
 def read_responses(sock, count):
     buffer = bytearray()
-    responses = [read_response(sock, buffer) for _ in range(count)]
+    responses = [harness.recv_http_response(sock, buffer) for _ in range(count)]
     assert not buffer, f"unexpected bytes after {count} responses: {bytes(buffer[:80])!r}"
     return responses
 
