@@ -204,6 +204,8 @@ class Connection:
 
 
 class HttpServer:
+    """One epoll loop: the listener, every client, the timers, and the signal wake-up."""
+
     def __init__(self, listener, trace=False, idle_timeout=IDLE_TIMEOUT,
                  max_header_bytes=MAX_HEADER_BYTES, max_body_bytes=MAX_BODY_BYTES,
                  keep_alive=True):
