@@ -6,12 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.pins-installed
 
-.PHONY: lab test check bench help
+.PHONY: lab test check bench slides html help
 help:
 	@echo "make lab    open JupyterLab on notebooks/ (prints the URL)"
 	@echo "make test   run every test and every notebook (nbval, strict)"
 	@echo "make check  which exercises pass, and a hint for the first that does not"
 	@echo "make bench  the echo benchmark: lessons 01 and 02 beside asyncio and uvloop"
+	@echo "make slides every lesson as a reveal.js deck, in $(EXPORT_DIR)/slides (works offline)"
+	@echo "make html   every lesson as a static page with an index, in $(EXPORT_DIR)/html"
 
 $(READY): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: the workbook needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0] + " (try: make test PYTHON=python3.12)")'
@@ -46,3 +48,13 @@ $(BENCH): tests/bench/requirements.txt $(READY)
 bench: $(BENCH)
 	$(VENV)/bench/bin/python tests/bench/echo_bench.py
 	$(VENV)/bench/bin/python tests/bench/http_bench.py
+
+# Slides and the static edition, from the committed notebooks (never re-executed); see
+# tests/export/build.py. EXPORT_DIR=somewhere puts them elsewhere.
+EXPORT_DIR ?= build
+
+slides: $(READY)
+	$(BIN)/python tests/export/build.py slides $(EXPORT_DIR)/slides
+
+html: $(READY)
+	$(BIN)/python tests/export/build.py html $(EXPORT_DIR)/html

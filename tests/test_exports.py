@@ -1,0 +1,188 @@
+"""The slides and the static edition, opened in a real browser.
+
+Both are built with the command `make slides` and `make html` run (tests/export/build.py) into
+a temporary folder, served from a loopback HTTP server, and opened in Debian's headless
+Chromium. The checks are about what a reader or a class sees: every lesson listed in lesson
+order, links between lessons that lead somewhere, no error output, pictures that load, a
+reveal.js deck that starts and moves, and nothing fetched from outside this machine.
+"""
+
+import functools
+import http.server
+import io
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import require_tool
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "tests" / "export" / "build.py"
+sys.path.insert(0, str(BUILD.parent))
+from browser import Browser  # noqa: E402
+
+LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def read(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def heading(path):
+    """A notebook's first markdown heading, as its author wrote it."""
+    for cell in read(path)["cells"]:
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return path.stem
+
+
+def pictures(path, slides=False):
+    """How many PNG outputs the notebook holds (in the deck: outside skipped cells)."""
+    count = 0
+    for cell in read(path)["cells"]:
+        if slides and cell.get("metadata", {}).get("slideshow", {}).get("slide_type") == "skip":
+            continue
+        count += sum("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+    return count
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Both editions built into one folder and served on a free loopback port."""
+    out = tmp_path_factory.mktemp("exports")
+    for kind in ("slides", "html"):
+        done = subprocess.run(
+            [sys.executable, str(BUILD), kind, str(out / kind)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, f"build.py {kind} failed:\n{done.stderr}"
+        assert "warning" not in done.stderr, f"build.py {kind}: {done.stderr}"
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=out))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", out
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = require_tool("chromium")
+    with Browser(chromium) as b:
+        b.open_tab()
+        yield b
+
+
+def visit(browser, url, base):
+    """Open url; fail if it fetched anything but this server's files and embedded data."""
+    requested = browser.goto(url)
+    outside = [u[:80] for u in requested if not u.startswith((base, "data:"))]
+    assert not outside, f"{url} fetched from outside: {outside}"
+
+
+def check_page(browser, url, png_count):
+    """No error output, every picture decoded, every relative link answered 200."""
+    assert browser.evaluate("document.querySelectorAll('.output_error').length") == 0, url
+    assert "Traceback" not in browser.evaluate("document.body.innerText"), url
+    images = browser.evaluate("[...document.images].map(i => i.complete && i.naturalWidth)")
+    assert len(images) == png_count and all(images), f"{url}: pictures {images}, expected {png_count}"
+    statuses = browser.evaluate(
+        """Promise.all([...document.querySelectorAll('a[href]')]
+             .map(a => a.href)
+             .filter(h => h.startsWith(location.origin) && !h.startsWith(location.href + '#'))
+             .map(h => fetch(h, {method: 'HEAD'}).then(r => [h, r.status])))"""
+    )
+    broken = [(href, status) for href, status in statuses if status != 200]
+    assert not broken, f"{url}: links that lead nowhere: {broken}"
+    assert not browser.errors(), f"{url}: JavaScript errors {browser.errors()}"
+
+
+def test_index_lists_every_lesson_in_order(site, browser):
+    base, _ = site
+    for kind, suffix in (("html", ".html"), ("slides", ".slides.html")):
+        visit(browser, f"{base}{kind}/index.html", base)
+        listed = browser.evaluate("[...document.querySelectorAll('ol.lessons a')].map(a => [a.textContent, a.getAttribute('href')])")
+        assert listed == [[heading(p), p.stem + suffix] for p in LESSONS]
+        check_page(browser, f"{base}{kind}/index.html", 0)
+
+
+@pytest.mark.parametrize("position", range(len(LESSONS)), ids=[p.stem for p in LESSONS])
+def test_static_page(site, browser, position):
+    base, _ = site
+    lesson = LESSONS[position]
+    url = f"{base}html/{lesson.stem}.html"
+    visit(browser, url, base)
+    assert browser.evaluate("document.title") == heading(lesson)
+    assert browser.evaluate("document.querySelector('h1').textContent.replace('¶', '').trim()") == heading(lesson)
+    # The bar of links: previous and next lesson, and the index.
+    links = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('nav.workbook-nav-top a')].map(a => [a.rel, a.getAttribute('href')]))"
+    )
+    expected = {"index": "index.html"}
+    if position > 0:
+        expected["prev"] = LESSONS[position - 1].stem + ".html"
+    if position + 1 < len(LESSONS):
+        expected["next"] = LESSONS[position + 1].stem + ".html"
+    assert links == expected
+    check_page(browser, url, pictures(lesson))
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
+def test_deck(site, browser, lesson, tmp_path):
+    base, _ = site
+    url = f"{base}slides/{lesson.stem}.slides.html"
+    visit(browser, url, base)
+    ready = browser.evaluate(
+        "new Promise(done => Reveal.isReady() ? done(true) : Reveal.on('ready', () => done(true)))"
+    )
+    assert ready and browser.evaluate("document.querySelector('.reveal').classList.contains('ready')")
+    slides = browser.evaluate("Reveal.getTotalSlides()")
+    assert slides > 1
+    title = browser.evaluate("Reveal.getCurrentSlide().querySelector('h1').textContent.replace('¶', '').trim()")
+    assert title == heading(lesson)
+    # The deck moves: the last slide is reachable and is not the first.
+    browser.evaluate("Reveal.configure({transition: 'none'}); Reveal.slide(Reveal.getHorizontalSlides().length - 1); true")
+    assert browser.evaluate("Reveal.isLastSlide()") and not browser.evaluate("Reveal.isFirstSlide()")
+    check_page(browser, url, pictures(lesson, slides=True))
+
+
+def test_a_deck_as_a_person_sees_it(site, browser, tmp_path):
+    """A screenshot of a picture slide: text and the plot are drawn, not a blank page."""
+    base, _ = site
+    visit(browser, f"{base}slides/{LESSONS[0].stem}.slides.html", base)
+    browser.evaluate("new Promise(done => Reveal.isReady() ? done(true) : Reveal.on('ready', () => done(true)))")
+    # The first slide that holds a picture, with all its fragments shown.
+    found = browser.evaluate(
+        """(() => { Reveal.configure({transition: 'none', fragments: false});
+                    const s = Reveal.getSlides().find(s => s.querySelector('img'));
+                    if (!s) return false;
+                    const i = Reveal.getIndices(s); Reveal.slide(i.h, i.v); return true; })()"""
+    )
+    if not found:
+        pytest.skip("the first lesson has no picture")
+    # Wait two frames so the slide is painted, then look at it.
+    browser.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => done(true))))")
+    shot = browser.screenshot(tmp_path / "deck.png")
+    image = Image.open(io.BytesIO(shot.read_bytes())).convert("L")
+    dark = sum(image.histogram()[:100])  # text and axes
+    assert image.size[0] >= 1000 and dark > 1000, f"the slide looks blank: {shot}"
+    visible = browser.evaluate(
+        "(() => { const r = Reveal.getCurrentSlide().querySelector('img').getBoundingClientRect();"
+        " return r.width > 100 && r.height > 50 && r.top < innerHeight && r.bottom > 0; })()"
+    )
+    assert visible, "the picture is not on screen"
