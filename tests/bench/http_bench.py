@@ -251,7 +251,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per server")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="measure every server this many times, in turn; keep the best")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the server and wrk to separate cores")
