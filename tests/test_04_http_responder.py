@@ -374,3 +374,15 @@ def test_no_keep_alive_flag_closes_after_each_answer(start):
         (status, head, body), = read_responses(sock, 1)
         assert body == HELLO and b"Connection: close\r\n" in head
         assert_closed(sock)
+
+
+def test_client_leaving_without_a_request_costs_no_cpu(server):
+    # The classic responder's bug: an empty recv never handled, EPOLLIN reported forever.
+    for _ in range(5):
+        server.connect().close()
+    harness.wait_until(lambda: "epoll" in open(f"/proc/{server.pid}/wchan").read(), timeout=5)
+    before = server.cpu_seconds()
+    with server.connect() as probe:
+        assert harness.recv_until_quiet(probe, quiet=0.3) == b""
+    assert server.cpu_seconds() - before < 0.1
+    assert urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10).read() == HELLO
