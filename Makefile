@@ -11,7 +11,7 @@ help:
 	@echo "make lab    open JupyterLab on notebooks/ (prints the URL)"
 	@echo "make test   run every test and every notebook (nbval, strict)"
 	@echo "make check  which exercises pass, and a hint for the first that does not"
-	@echo "make bench  the echo benchmark: lessons 01 and 02 beside asyncio and uvloop"
+	@echo "make bench  benchmarks: echo (lessons 01, 02, asyncio, uvloop), HTTP (lesson 04, uvicorn, ...)"
 	@echo "make slides every lesson as a reveal.js deck, in $(EXPORT_DIR)/slides (works offline)"
 	@echo "make html   every lesson as a static page with an index, in $(EXPORT_DIR)/html"
 
