@@ -166,10 +166,11 @@ def wait_behind_a_backlog(server, trials=3):
     """
     streamer, pinger = server.connect(), server.connect()
     try:
-        accepted = harness.wait_until(
-            lambda: [line for line in server.lines if line.startswith("accept fd")][:2]
-            if len(server.lines) > 2 else None, what="two accepts")
-        streamer_fd, pinger_fd = (int(line.split()[-1]) for line in accepted)
+        def accepted():
+            fds = [int(line.split()[-1]) for line in server.lines if line.startswith("accept fd")]
+            return fds if len(fds) == 2 else None
+
+        streamer_fd, pinger_fd = harness.wait_until(accepted, what="both clients accepted")
         results = []
         for _ in range(trials):
             # A round trip on the second client, and its trace line: everything the server
