@@ -175,8 +175,11 @@ def test_a_deck_as_a_person_sees_it(site, browser, tmp_path):
     )
     if not found:
         pytest.skip("the first lesson has no picture")
-    # Wait two frames so the slide is painted, then look at it.
-    browser.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => done(true))))")
+    # Wait until its pictures are decoded and two frames have been painted, then look at it.
+    browser.evaluate(
+        """Promise.all([...Reveal.getCurrentSlide().querySelectorAll('img')].map(i => i.decode()))
+             .then(() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => done(true)))))"""
+    )
     shot = browser.screenshot(tmp_path / "deck.png")
     image = Image.open(io.BytesIO(shot.read_bytes())).convert("L")
     dark = sum(image.histogram()[:100])  # text and axes
