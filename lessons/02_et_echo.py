@@ -187,10 +187,15 @@ class EchoServer:
         conn = self.conns.get(fd)
         if conn is None:  # closed by an earlier event in this same batch
             return
-        if ev & (READABLE | TROUBLE):
-            self.on_readable(conn)
-        if ev & (WRITABLE | TROUBLE) and not conn.closed:
+        # Write first, then read. Sending may lift a throttle; the read that follows then
+        # takes what waited meanwhile. A read that ends throttled is the last word of this
+        # pass, so update_interest drops EPOLLIN, and adding it back later (an epoll_ctl
+        # that re-checks readiness) reports what is still waiting. Read first, and a send
+        # after it could lift the throttle with EPOLLIN never dropped: no new edge, a stall.
+        if ev & (WRITABLE | TROUBLE):
             self.on_writable(conn)
+        if ev & (READABLE | TROUBLE) and not conn.closed:
+            self.on_readable(conn)
         if not conn.closed:
             self.update_interest(conn)
 
