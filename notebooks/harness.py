@@ -77,11 +77,12 @@ def script_path(script: str | os.PathLike) -> Path:
 class Server:
     """A lesson script running in a subprocess, its output captured line by line."""
 
-    def __init__(self, script: str | os.PathLike, *args: str, host: str = "127.0.0.1",
+    def __init__(self, script: str | os.PathLike, *args: str, host: str | None = "127.0.0.1",
                  ready_timeout: float = READY_TIMEOUT):
         self.script = script_path(script)
         self.args = [str(a) for a in args]
-        cmd = [sys.executable, "-u", str(self.script), "--host", host, "--port", "0", *self.args]
+        where = [] if host is None else ["--host", host]  # None: the script's own default
+        cmd = [sys.executable, "-u", str(self.script), *where, "--port", "0", *self.args]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             cwd=str(ROOT), preexec_fn=_die_with_parent)

@@ -59,17 +59,6 @@ def test_readiness_line_names_the_udp_port(server):
         assert ask(sock, server.address, b"ping") == b"ping"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_stops_it_with_status_0_within_a_second(start, sig):
-    server = start(LESSON)
-    with client(server) as sock:
-        assert ask(sock, server.address, b"x") == b"x"
-    wait_idle(server)
-    server.send_signal(sig)
-    assert server.proc.wait(timeout=1.0) == 0
-    assert "Traceback" not in server.output()
-
-
 def test_sigterm_while_replies_are_flowing(start):
     server = start(LESSON)
     with client(server) as sock:
@@ -83,24 +72,12 @@ def test_sigterm_while_replies_are_flowing(start):
 @pytest.mark.parametrize("args, says", [
     (["--bufsize", "0"], "--bufsize must be between 1 and 65536"),
     (["--bufsize", "65537"], "--bufsize must be between 1 and 65536"),
-    (["--port", "70000"], "--port must be between 0 and 65535"),
     (["--bufsize", "many"], "invalid int value"),
-    (["--no-such-flag"], "unrecognized arguments"),
 ])
 def test_user_mistakes_give_one_line_and_status_2(args, says):
     result = harness.run(LESSON, "--port", "0", *args)
     assert result.returncode == 2
     assert says in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-
-
-def test_port_in_use_gives_one_line_and_status_2():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
-        taken.bind(("127.0.0.1", 0))
-        port = taken.getsockname()[1]
-        result = harness.run(LESSON, "--port", str(port))
-    assert result.returncode == 2
-    assert f"cannot bind UDP 127.0.0.1:{port}" in result.stderr and "--port 0" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
