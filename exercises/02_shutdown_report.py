@@ -29,6 +29,7 @@ notebook (or you) can count what the kernel reported. See epoll(7) for the contr
 """
 
 import argparse
+import errno
 import select
 import signal
 import socket
@@ -116,7 +117,9 @@ class EchoServer:
                 sock, _ = self.listener.accept()
             except BlockingIOError:  # queue drained: the next arrival is a new edge
                 return
-            except OSError as e:  # one client gave up already (ECONNABORTED), or out of fds
+            except ConnectionAbortedError:  # this client gave up while queued: next one
+                continue
+            except OSError as e:  # out of fds or memory: the clients still queued wait
                 self.log(f"accept failed: {e.strerror}")
                 return
             sock.setblocking(False)
@@ -251,11 +254,18 @@ def parse_args():
 
 
 def listen(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    # Lets a restarted server bind while old connections linger in TIME_WAIT; it does not
+    # let two servers listen on one port (that still fails with EADDRINUSE).
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        listener.bind((host, port))
+        listener.listen(BACKLOG)
     except OSError as e:
-        hint = " (is another server using it? try --port 0)" if port else ""
+        listener.close()
+        busy = e.errno == errno.EADDRINUSE
+        hint = " (is another server using it? try --port 0)" if busy else ""
         fail(f"cannot listen on {host}:{port}: {e.strerror}{hint}")
     listener.setblocking(False)
     return listener

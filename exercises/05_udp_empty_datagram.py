@@ -17,6 +17,7 @@ Check your work with `python exercises/check.py 05` (or `make check`).
 """
 
 import argparse
+import errno
 import collections
 import select
 import signal
@@ -256,7 +257,7 @@ def bind(host, port):
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        hint = " (is another server using it? try --port 0)" if port else ""
+        hint = " (is another server using it? try --port 0)" if e.errno == errno.EADDRINUSE else ""
         fail(f"cannot bind UDP {host}:{port}: {e.strerror}{hint}")
     sock.setblocking(False)
     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)

@@ -36,12 +36,24 @@ class Exercise:
         script = folder / self.name
         if not script.exists():
             return False, f"{script} is missing"
+        first = len(harness.started)
         try:
             return True, self.check(script)
         except (AssertionError, harness.ServerFailed, harness.Stalled, OSError) as e:
-            return False, str(e).strip() or type(e).__name__
+            return False, (str(e).strip() or type(e).__name__) + crash_report(first)
         finally:
             harness.stop_all()
+
+
+def crash_report(first: int) -> str:
+    """What the servers started since `first` wrote to stderr: a traceback is the best hint."""
+    report = ""
+    for server in harness.started[first:]:
+        lines = server.stderr.splitlines()
+        if any(line.startswith("Traceback") for line in lines):
+            shown = "\n".join(lines[-12:])
+            report += f"\nYour server crashed; the end of what it printed:\n{shown}"
+    return report
 
 
 def load_exercises() -> list[Exercise]:
@@ -75,7 +87,7 @@ def main() -> int:
         if not ok:
             failed.append(ex)
     if not failed:
-        print(f"\nAll {len(chosen)} exercises pass.")
+        print(f"\nAll {len(chosen)} exercise{'s' if len(chosen) > 1 else ''} pass.")
         return 0
     first_failure = failed[0]
     print(f"\n{len(chosen) - len(failed)} of {len(chosen)} exercises pass. "

@@ -16,6 +16,7 @@ notebook (or you) can count what the kernel reported. See epoll(7) for the contr
 """
 
 import argparse
+import errno
 import select
 import signal
 import socket
@@ -217,11 +218,18 @@ def parse_args():
 
 
 def listen(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    # Lets a restarted server bind while old connections linger in TIME_WAIT; it does not
+    # let two servers listen on one port (that still fails with EADDRINUSE).
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        listener.bind((host, port))
+        listener.listen(BACKLOG)
     except OSError as e:
-        hint = " (is another server using it? try --port 0)" if port else ""
+        listener.close()
+        busy = e.errno == errno.EADDRINUSE
+        hint = " (is another server using it? try --port 0)" if busy else ""
         fail(f"cannot listen on {host}:{port}: {e.strerror}{hint}")
     listener.setblocking(False)
     return listener

@@ -11,8 +11,12 @@ available as a flag, so that you can watch what breaks. The default is the corre
     python lessons/03_et_drain_pitfalls.py --skip-drain send   # one small send per edge
     python lessons/03_et_drain_pitfalls.py --level --skip-drain recv   # LT forgives it
 
-Then, from another terminal, `python lessons/echo_client.py --port 9003 --bytes 10000`:
-the correct server echoes it all, the broken ones stop part-way and the client times out.
+Then, from another terminal, the client that shows each pitfall (each one stalls and times
+out against its broken server, and finishes at once against the correct one):
+
+    python lessons/echo_client.py --port 9003 --bytes 10000 --timeout 5              # recv
+    python lessons/echo_client.py --port 9003 --bytes 64 --clients 5 --timeout 5     # accept
+    python lessons/echo_client.py --port 9003 --bytes 200000 --timeout 5             # send
 
 The opposite mistake is to drain one busy connection so greedily that nobody else is served
 until its sender pauses. epoll(7), "Possible pitfalls and ways to avoid them", suggests the
@@ -28,6 +32,7 @@ them, and the starvation is too short to see by eye. --trace prints the loop's d
 """
 
 import argparse
+import errno
 import collections
 import select
 import signal
@@ -139,7 +144,9 @@ class EchoServer:
                 sock, _ = self.listener.accept()
             except BlockingIOError:  # queue drained: the next arrival is a new edge
                 return
-            except OSError as e:  # one client gave up already (ECONNABORTED), or out of fds
+            except ConnectionAbortedError:  # this client gave up while queued: next one
+                continue
+            except OSError as e:  # out of fds or memory: the clients still queued wait
                 self.log(f"accept failed: {e.strerror}")
                 return
             sock.setblocking(False)
@@ -342,11 +349,18 @@ def parse_args():
 
 
 def listen(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    # Lets a restarted server bind while old connections linger in TIME_WAIT; it does not
+    # let two servers listen on one port (that still fails with EADDRINUSE).
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        listener.bind((host, port))
+        listener.listen(BACKLOG)
     except OSError as e:
-        hint = " (is another server using it? try --port 0)" if port else ""
+        listener.close()
+        busy = e.errno == errno.EADDRINUSE
+        hint = " (is another server using it? try --port 0)" if busy else ""
         fail(f"cannot listen on {host}:{port}: {e.strerror}{hint}")
     listener.setblocking(False)
     return listener

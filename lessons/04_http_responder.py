@@ -30,6 +30,7 @@ design (one request per connection) so that the notebook can show what that cost
 """
 
 import argparse
+import errno
 import collections
 import select
 import signal
@@ -288,7 +289,9 @@ class HttpServer:
                 sock, _ = self.listener.accept()
             except BlockingIOError:  # queue drained
                 return
-            except OSError as e:  # one client gave up already (ECONNABORTED), or out of fds
+            except ConnectionAbortedError:  # this client gave up while queued: next one
+                continue
+            except OSError as e:  # out of fds or memory: the clients still queued wait
                 self.log(f"accept failed: {e.strerror}")
                 return
             sock.setblocking(False)
@@ -543,11 +546,18 @@ def parse_args():
 
 
 def listen(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    # Lets a restarted server bind while old connections linger in TIME_WAIT; it does not
+    # let two servers listen on one port (that still fails with EADDRINUSE).
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        listener.bind((host, port))
+        listener.listen(BACKLOG)
     except OSError as e:
-        hint = " (is another server using it? try --port 0)" if port else ""
+        listener.close()
+        busy = e.errno == errno.EADDRINUSE
+        hint = " (is another server using it? try --port 0)" if busy else ""
         fail(f"cannot listen on {host}:{port}: {e.strerror}{hint}")
     listener.setblocking(False)
     return listener

@@ -5,7 +5,7 @@ Every datagram a client sends comes back to it, whole. Run it, then talk to it f
 terminal (each line you type is one datagram):
 
     python lessons/05_udp_echo.py                  # listening on 127.0.0.1:9005
-    nc -u 127.0.0.1 9005
+    python lessons/echo_client.py --udp --port 9005
     python lessons/05_udp_echo.py --bufsize 1024   # the classic bug: big datagrams cut short
 
 What UDP changes compared with the TCP lessons:
@@ -25,6 +25,7 @@ What UDP changes compared with the TCP lessons:
 """
 
 import argparse
+import errno
 import collections
 import select
 import signal
@@ -261,7 +262,7 @@ def bind(host, port):
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        hint = " (is another server using it? try --port 0)" if port else ""
+        hint = " (is another server using it? try --port 0)" if e.errno == errno.EADDRINUSE else ""
         fail(f"cannot bind UDP {host}:{port}: {e.strerror}{hint}")
     sock.setblocking(False)
     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)

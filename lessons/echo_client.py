@@ -4,6 +4,7 @@
     python lessons/echo_client.py --port 9001                 # type lines, see them echoed
     python lessons/echo_client.py --port 9001 --bytes 8000000 # one large payload, checked
     python lessons/echo_client.py --port 9002 --bytes 64 --clients 200
+    python lessons/echo_client.py --udp --port 9005            # lesson 05: a datagram per line
 
 With --bytes, each client sends that many random bytes while reading the echo at the same
 time (a client that wrote everything before reading would deadlock against any echo server
@@ -48,6 +49,23 @@ def interactive(host, port, timeout):
             sys.stdout.flush()
 
 
+def interactive_udp(host, port, timeout):
+    """Each line typed is one datagram; print each answer, or say that none came."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        print(f"sending datagrams to {host}:{port}; type lines, end with Ctrl-D", file=sys.stderr)
+        for line in sys.stdin.buffer:
+            sock.sendto(line, (host, port))
+            try:
+                answer = sock.recv(65536)
+            except socket.timeout:
+                print(f"(no answer within {timeout:g} s: UDP does not say why)", file=sys.stderr)
+                continue
+            sys.stdout.buffer.write(answer)
+            sys.stdout.flush()
+
+
 def payload_run(host, port, size, clients, timeout):
     """Each client sends `size` random bytes, half-closes, and reads until EOF."""
     sel = selectors.DefaultSelector()
@@ -67,7 +85,9 @@ def payload_run(host, port, size, clients, timeout):
     while open_count:
         left = deadline - time.monotonic()
         if left <= 0:
-            fail(f"timed out after {timeout:g} s with {open_count} of {clients} clients unfinished")
+            got = sum(len(conn["got"]) for conn in conns)
+            fail(f"timed out after {timeout:g} s with {open_count} of {clients} clients unfinished; "
+                 f"{got} of {size * clients} bytes came back")
         for key, mask in sel.select(left):
             conn = key.data
             try:
@@ -102,19 +122,26 @@ def main():
                         help="send N random bytes and check the echo (instead of typing)")
     parser.add_argument("--clients", type=int, default=1, help="with --bytes: how many at once")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before giving up")
+    parser.add_argument("--udp", action="store_true", help="send each line as a UDP datagram")
     parser.error = lambda message: fail(f"{message} (see --help)")
     args = parser.parse_args()
-    if args.bytes is None:
-        try:
-            interactive(args.host, args.port, args.timeout)
-        except KeyboardInterrupt:
-            pass
-        except OSError as e:
-            fail(f"connection failed: {e.strerror or e}")
-        return 0
-    if args.bytes < 0 or args.clients < 1:
+    if not 0 < args.port <= 65535:
+        fail(f"--port must be between 1 and 65535, not {args.port}")
+    if args.bytes is not None and (args.bytes < 0 or args.clients < 1):
         fail("--bytes must be 0 or more and --clients at least 1")
-    return payload_run(args.host, args.port, args.bytes, args.clients, args.timeout)
+    try:
+        if args.udp:
+            interactive_udp(args.host, args.port, args.timeout)
+        elif args.bytes is None:
+            interactive(args.host, args.port, args.timeout)
+        else:
+            return payload_run(args.host, args.port, args.bytes, args.clients, args.timeout)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except OSError as e:
+        fail(f"connection failed: {e.strerror or e}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ QUIET = 0.3  # a connection silent this long is taken to have stalled
 
 _PR_SET_PDEATHSIG = 1
 _running: set["Server"] = set()
+started: list["Server"] = []  # every server this process started, in order
 
 
 class ServerFailed(RuntimeError):
@@ -87,6 +88,7 @@ class Server:
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             cwd=str(ROOT), preexec_fn=_die_with_parent)
         _running.add(self)
+        started.append(self)
         self.lines: list[str] = []  # stdout, one entry per line, without the newline
         self._stderr: list[str] = []
         self._changed = threading.Condition()
@@ -99,10 +101,12 @@ class Server:
         try:
             first = self.wait_for_line(lambda line: True, timeout=ready_timeout, start=0)
         except (Stalled, ServerFailed):
+            exited = self.proc.poll() is not None
             self.stop()
-            raise ServerFailed(
-                f"{self.script.name} did not report 'listening on HOST:PORT' within "
-                f"{ready_timeout:g} s; it printed:\n{self.output()}".rstrip()) from None
+            what = (f"exited with status {self.proc.returncode} before it reported"
+                    if exited else f"did not report within {ready_timeout:g} s")
+            raise ServerFailed(f"{self.script.name} {what} 'listening on HOST:PORT'; "
+                               f"it printed:\n{self.output()}".rstrip()) from None
         prefix = "listening on "
         if not first.startswith(prefix):
             self.stop()

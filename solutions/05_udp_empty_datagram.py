@@ -19,6 +19,7 @@ This is the finished version: the TCP habit is gone from on_readable.
 """
 
 import argparse
+import errno
 import collections
 import select
 import signal
@@ -257,7 +258,7 @@ def bind(host, port):
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        hint = " (is another server using it? try --port 0)" if port else ""
+        hint = " (is another server using it? try --port 0)" if e.errno == errno.EADDRINUSE else ""
         fail(f"cannot bind UDP {host}:{port}: {e.strerror}{hint}")
     sock.setblocking(False)
     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
