@@ -403,8 +403,10 @@ class HttpServer:
                                       b"404 Not Found: no such path here\n", self.date)
         conn.outbox += response
         if self.trace:
-            self.log(f"{request.method.decode('ascii')} "
-                     f"{request.target.decode('ascii')} -> {status}")
+            # Both were checked to be visible ASCII by the parser; errors= keeps it so.
+            method = request.method.decode("ascii", errors="replace")
+            target = request.target.decode("ascii", errors="replace")
+            self.log(f"{method} {target} -> {status}")
         if not keep_alive:
             conn.closing = True
 
