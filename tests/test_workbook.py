@@ -82,12 +82,3 @@ def test_notebook_is_committed_executed_and_clean(notebook):
             assert output.get("name") != "stderr", "stderr in a stored output"
     text = json.dumps(cells)
     assert "--nbval-lax" not in text
-
-
-@pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.name)
-def test_lesson_script_keeps_the_basic_promises(lesson):
-    source = lesson.read_text()
-    assert 'default="127.0.0.1"' in source, "listen on loopback unless told otherwise"
-    assert "import " in source and not re.search(r"^(from|import) (harness|pytest)", source, re.M)
-    result = harness.run(lesson.name, "--help")
-    assert result.returncode == 0 and "--port" in result.stdout
