@@ -24,6 +24,7 @@ import select
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -55,14 +56,24 @@ class Stalled(TimeoutError):
         self.received = received
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGTERM this server when
-    # the kernel (or pytest) that started it dies, even by SIGKILL, when atexit cannot run.
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except Exception:
-        pass
+def _die_with_parent(parent: int):
+    """What runs in the child between fork and exec: it dies with the process that started it.
+
+    When the kernel (or pytest) that started a server dies, even by SIGKILL and with no
+    atexit handler run, the kernel sends the server the parent-death signal. SIGKILL, not
+    SIGTERM: a server stopped inside `paused()` keeps any other signal pending until it is
+    continued, and nobody is left to continue it; SIGKILL ends a stopped process too. A
+    server owns nothing that outlives it (the kernel closes its sockets), so nothing is lost.
+    """
+    def in_child() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except Exception:
+            return
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os._exit(1)
+    return in_child
 
 
 def script_path(script: str | os.PathLike) -> Path:
@@ -86,7 +97,7 @@ class Server:
         cmd = [sys.executable, "-u", str(self.script), *where, "--port", "0", *self.args]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=str(ROOT), preexec_fn=_die_with_parent)
+            cwd=str(ROOT), preexec_fn=_die_with_parent(os.getpid()))
         _running.add(self)
         started.append(self)
         self.lines: list[str] = []  # stdout, one entry per line, without the newline
@@ -160,9 +171,12 @@ class Server:
 
     # -- clients --------------------------------------------------------------------------
 
-    def connect(self, timeout: float = IO_TIMEOUT) -> socket.socket:
-        """A TCP client socket connected to this server, with every operation bounded."""
-        return socket.create_connection(self.address, timeout=timeout)
+    def connect(self, timeout: float = IO_TIMEOUT, rcvbuf: int | None = None) -> socket.socket:
+        """A TCP client socket connected to this server, with every operation bounded.
+
+        rcvbuf sets SO_RCVBUF before the connection is made (see `connect`).
+        """
+        return connect(self.address, timeout=timeout, rcvbuf=rcvbuf)
 
     def udp_client(self, timeout: float = IO_TIMEOUT, connect: bool = False) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -242,6 +256,21 @@ class Server:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def cpu_seconds_over(self, window: float) -> float:
+        """CPU seconds the server uses during the next `window` seconds (a measuring window,
+        not synchronisation: the time passes whatever the server does)."""
+        before = self.cpu_seconds()
+        time.sleep(window)
+        return self.cpu_seconds() - before
+
+    def asleep_in_epoll(self, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until the server sleeps inside epoll_wait; False if it never does.
+
+        /proc/PID/wchan names the kernel function a sleeping process waits in (ep_poll or
+        do_epoll_wait); a process that is running, or blocked anywhere else, shows another.
+        """
+        return asleep_in_epoll(self.pid, timeout)
+
 
 def start(script: str | os.PathLike, *args: str, **kwargs) -> Server:
     """Start a lesson script with --port 0 and wait (bounded) until it listens."""
@@ -262,6 +291,36 @@ def stop_all() -> None:
 
 
 atexit.register(stop_all)
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of a process (R running, S sleeping, T stopped, Z zombie...),
+    or "X" once there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return "X"
+    return stat.rpartition(")")[2].split()[0]
+
+
+def gone(pid: int) -> bool:
+    """True once pid is no process, or only a zombie waiting to be collected."""
+    return process_state(pid) in ("Z", "X")
+
+
+def asleep_in_epoll(pid: int, timeout: float = 5.0) -> bool:
+    """Wait (bounded) until process `pid` sleeps inside epoll_wait; False if it never does."""
+    def waiting_in_epoll():
+        try:
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return "epoll" in wchan or wchan == "ep_poll"
+    try:
+        wait_until(waiting_in_epoll, timeout=timeout, what="sleeping in epoll_wait")
+    except Stalled:
+        return False
+    return True
 
 
 def _wait_state(pid: int, state: str, timeout: float = 5.0) -> None:
@@ -288,6 +347,44 @@ def wait_until(predicate, timeout: float = IO_TIMEOUT, what: str = "condition"):
 
 
 # -- client helpers: each one bounded -------------------------------------------------------
+
+def connect(address, timeout: float = IO_TIMEOUT, rcvbuf: int | None = None) -> socket.socket:
+    """A TCP client connected to `address`, every operation bounded by `timeout`.
+
+    rcvbuf sets SO_RCVBUF before connecting, when it still shapes the TCP window the client
+    advertises: a small one (4096) makes a slow reader whose kernel cannot absorb an echo,
+    so the server must hold what it owes until the client takes it.
+    """
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def reset(sock: socket.socket) -> None:
+    """Close rudely: with SO_LINGER set to 0 the kernel sends RST, not FIN, and the server's
+    next recv or send fails with ECONNRESET (or EPIPE) instead of reading EOF."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def half_close_and_read(sock: socket.socket, data: bytes = b"",
+                        timeout: float = IO_TIMEOUT) -> bytes:
+    """Send `data`, shut down our sending side (SHUT_WR, the server reads EOF), and read
+    everything until the server closes. Returns what came; raises Stalled at the deadline.
+
+    Sending and reading interleave, so a payload far larger than the socket buffers cannot
+    deadlock against an echo. The socket stays open (the caller closes it).
+    """
+    return _drive([sock], [data], timeout, half_close=True)[0]
+
 
 def send_all(sock: socket.socket, data: bytes, timeout: float = IO_TIMEOUT) -> None:
     """Send every byte or raise Stalled (a peer that stops reading cannot block us forever)."""
@@ -359,26 +456,45 @@ def recv_until_eof(sock: socket.socket, timeout: float = IO_TIMEOUT, limit: int 
 
 
 def exchange(address, payloads: list[bytes], timeout: float = IO_TIMEOUT,
-             half_close: bool = False) -> list[bytes]:
+             half_close: bool = False, rcvbuf: int | None = None) -> list[bytes]:
     """Open one connection per payload, send them all at once while reading, in one thread.
 
     Returns, per connection, the bytes received: len(payload) bytes for an echo, or with
     half_close=True everything up to the server's close. Writing and reading interleave,
     so a payload far larger than the socket buffers cannot deadlock against an echo server.
+    rcvbuf: each client's SO_RCVBUF, set before connecting (see `connect`).
     Raises Stalled if any connection is not done by the deadline.
     """
+    socks = []
+    try:
+        for _ in payloads:
+            socks.append(connect(address, timeout=timeout, rcvbuf=rcvbuf))
+        return _drive(socks, payloads, timeout, half_close)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _drive(socks: list[socket.socket], payloads: list[bytes], timeout: float,
+           half_close: bool) -> list[bytes]:
+    # The one loop behind exchange() and half_close_and_read(): every socket non-blocking,
+    # writes and reads interleaved, one deadline for all.
     sel = selectors.DefaultSelector()
     states = []
     try:
-        for payload in payloads:
-            sock = socket.create_connection(address, timeout=timeout)
+        for sock, payload in zip(socks, payloads):
             sock.setblocking(False)
             state = {"sock": sock, "out": memoryview(payload), "want": len(payload),
                      "got": bytearray(), "done": False, "shut": False}
             states.append(state)
-            sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, state)
+            events = selectors.EVENT_READ
+            if payload:
+                events |= selectors.EVENT_WRITE
+            elif half_close:
+                sock.shutdown(socket.SHUT_WR)
+            sel.register(sock, events, state)
         deadline = time.monotonic() + timeout
-        pending = len(states)
+        pending = len(states) if half_close else sum(1 for s in states if s["want"])
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -393,9 +509,12 @@ def exchange(address, payloads: list[bytes], timeout: float = IO_TIMEOUT,
                         s["out"] = s["out"][n:]
                     except BlockingIOError:
                         pass
+                    except ConnectionError:  # the server hung up on us: count what came
+                        s["out"] = s["out"][:0]
                     if not s["out"]:
                         if half_close:
-                            s["sock"].shutdown(socket.SHUT_WR)
+                            with contextlib.suppress(OSError):
+                                s["sock"].shutdown(socket.SHUT_WR)
                         sel.modify(s["sock"], selectors.EVENT_READ, s)
                 if mask & selectors.EVENT_READ:
                     try:
@@ -416,7 +535,7 @@ def exchange(address, payloads: list[bytes], timeout: float = IO_TIMEOUT,
         return [bytes(s["got"]) for s in states]
     finally:
         for s in states:
-            s["sock"].close()
+            s["sock"].settimeout(timeout)  # blocking again, bounded, for the caller
         sel.close()
 
 
@@ -449,6 +568,53 @@ def fill_without_reading(sock: socket.socket, limit: int = 64 << 20,
     raise AssertionError(f"the server kept taking data: {sent} bytes and counting")
 
 
+# -- reading the lessons' --trace lines ---------------------------------------------------
+# The echo lessons print "accept fd N", "wake N=IN M=OUT|HUP ...", "interest fd N: IN ->
+# IN|OUT", "close fd N: why"; lesson 03 also "read fd N: M bytes, stopped by ..."; lesson 05
+# "wake socket=IN" and "interest: IN -> IN|OUT". These parse them, one kind each.
+
+def accepted_fds(lines: list[str]) -> list[int]:
+    """The fd of every "accept fd N" line, in order."""
+    return [int(line.split()[2]) for line in lines if line.startswith("accept fd ")]
+
+
+def wakes(lines: list[str]) -> list[dict[str, set[str]]]:
+    """Every "wake ..." line as {fd or name: the set of events reported for it}."""
+    found = []
+    for line in lines:
+        if line == "wake" or line.startswith("wake "):
+            found.append({fd: set(mask.split("|"))
+                          for fd, _, mask in (item.partition("=") for item in line.split()[1:])})
+    return found
+
+
+def reports_for(lines: list[str], fd, event: str = "IN") -> int:
+    """How many wake-ups reported `event` (IN, OUT, HUP, ERR) for `fd`."""
+    return sum(1 for wake in wakes(lines) if event in wake.get(str(fd), ()))
+
+
+def interest_changes(lines: list[str]) -> list[tuple[int | None, str, str]]:
+    """Every interest change as (fd, before, after); fd is None for lesson 05's one socket."""
+    found = []
+    for line in lines:
+        if line.startswith("interest"):
+            head, _, change = line.partition(": ")
+            before, _, after = change.partition(" -> ")
+            fd = head.split()[-1]
+            found.append((int(fd) if fd.isdigit() else None, before, after))
+    return found
+
+
+def reads(lines: list[str]) -> list[tuple[int, int]]:
+    """Lesson 03's "read fd N: M bytes, ..." lines as (fd, bytes), in order."""
+    found = []
+    for line in lines:
+        if line.startswith("read fd "):
+            fd, _, rest = line[len("read fd "):].partition(": ")
+            found.append((int(fd), int(rest.split()[0])))
+    return found
+
+
 def readable_reports(script: str | os.PathLike, size: int, recv_size: int = 1024,
                      *args: str) -> int:
     """How often epoll reported one client readable for one burst of `size` bytes.
@@ -473,8 +639,7 @@ def readable_reports(script: str | os.PathLike, size: int, recv_size: int = 1024
                 server.wait_for_line("accept fd", start=end)
                 end = next(i for i in range(end, len(server.lines))
                            if server.lines[i].startswith("accept fd"))
-            return sum(1 for line in server.lines[:end]
-                       if line.startswith("wake") and f" {fd}=IN" in line)
+            return reports_for(server.lines[:end], fd, "IN")
 
 
 def free_port_in_use():
