@@ -14,15 +14,6 @@ import harness
 NOTEBOOKS = Path(harness.__file__).resolve().parent
 
 
-def gone(pid):
-    """True once pid is no process, or only a zombie waiting for its parent."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
-
-
 def script(tmp_path, body):
     path = tmp_path / "fake_server.py"
     path.write_text(textwrap.dedent(body))
@@ -59,12 +50,35 @@ def test_stop_escalates_to_sigkill(tmp_path):
     assert server.stop(grace=0.5) == -signal.SIGKILL
 
 
-def test_output_is_captured_not_inherited(start):
-    server = start("01_lt_echo.py", "--trace")
-    harness.echo(server.address, b"x")
-    assert server.wait_for_line("accept fd")
-    server.stop()
-    assert server.lines[0].startswith("listening on 127.0.0.1:")
+def test_output_is_captured_not_inherited(tmp_path):
+    # A starter process whose own fds 1 and 2 are files we read afterwards: whatever a server
+    # writes, by print or straight to fd 1 and 2, must reach the starter's pipes only.
+    loud = script(tmp_path, """
+        import os, sys, time
+        print("listening on 127.0.0.1:1", flush=True)
+        print("server says hello on stdout", flush=True)
+        print("server says hello on stderr", file=sys.stderr, flush=True)
+        os.write(1, b"raw fd 1\\n")
+        os.write(2, b"raw fd 2\\n")
+        time.sleep(60)
+    """)
+    code = f"""
+import harness
+loud = harness.start({str(loud)!r})
+loud.wait_for_line("raw fd 1")
+harness.wait_until(lambda: "raw fd 2" in loud.stderr, timeout=5)
+lesson = harness.start("01_lt_echo.py", "--trace")
+harness.echo(lesson.address, b"x")
+lesson.wait_for_line("close fd")
+harness.stop_all()
+print("captured", len(loud.lines), len(loud.stderr.splitlines()), len(lesson.lines) > 3)
+"""
+    out, err = tmp_path / "fd1", tmp_path / "fd2"
+    with open(out, "wb") as fd1, open(err, "wb") as fd2:
+        subprocess.run([sys.executable, "-c", code], cwd=NOTEBOOKS, stdin=subprocess.DEVNULL,
+                       stdout=fd1, stderr=fd2, timeout=30, check=False)
+    assert err.read_bytes() == b""
+    assert out.read_bytes() == b"captured 3 2 True\n"
 
 
 def test_paused_server_answers_only_after_resume(start):
@@ -95,10 +109,30 @@ def test_server_dies_with_the_process_that_started_it():
         server_pid = int(starter.stdout.readline())
         starter.kill()
         starter.wait(5)
-        harness.wait_until(lambda: gone(server_pid), timeout=5, what="the server to exit")
+        harness.wait_until(lambda: harness.gone(server_pid), timeout=5, what="the server to exit")
     finally:
         starter.kill()
         starter.wait()
+
+
+def test_a_paused_server_dies_with_the_process_that_started_it():
+    # A starter killed inside `with server.paused():` leaves its server stopped (state T),
+    # where a pending SIGTERM would wait for a SIGCONT that nobody sends; SIGKILL does not.
+    code = ("import harness, time; s = harness.start('02_et_echo.py');"
+            "ctx = s.paused(); ctx.__enter__(); print(s.pid, flush=True); time.sleep(60)")
+    starter = subprocess.Popen([sys.executable, "-c", code], cwd=NOTEBOOKS,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(starter.stdout.readline())
+        assert harness.process_state(server_pid) == "T"
+        starter.kill()
+        starter.wait(5)
+        harness.wait_until(lambda: harness.gone(server_pid), timeout=5,
+                           what="the paused server to exit")
+    finally:
+        starter.kill()
+        starter.wait()
+        starter.stdout.close()
 
 
 def test_kernel_shutdown_stops_servers_started_in_a_notebook():
@@ -115,4 +149,4 @@ def test_kernel_shutdown_stops_servers_started_in_a_notebook():
         client.stop_channels()
         manager.shutdown_kernel(now=False)
     pid = int(next(m["content"]["text"] for m in outputs if m["msg_type"] == "stream"))
-    harness.wait_until(lambda: gone(pid), timeout=5, what="the server to exit")
+    harness.wait_until(lambda: harness.gone(pid), timeout=5, what="the server to exit")
