@@ -39,15 +39,15 @@ check: $(READY)
 	$(BIN)/python exercises/check.py
 
 BENCH := $(VENV)/bench/.pins-installed
-$(BENCH): tests/bench/requirements.txt $(READY)
+$(BENCH): tools/bench/requirements.txt $(READY)
 	rm -rf $(VENV)/bench
 	$(PYTHON) -m venv $(VENV)/bench
-	$(VENV)/bench/bin/python -m pip install --quiet --disable-pip-version-check -r tests/bench/requirements.txt
+	$(VENV)/bench/bin/python -m pip install --quiet --disable-pip-version-check -r tools/bench/requirements.txt
 	touch $@
 
 bench: $(BENCH)
-	$(VENV)/bench/bin/python tests/bench/echo_bench.py
-	$(VENV)/bench/bin/python tests/bench/http_bench.py
+	$(VENV)/bench/bin/python tools/bench/echo_bench.py
+	$(VENV)/bench/bin/python tools/bench/http_bench.py
 
 # Slides and the static edition, from the committed notebooks (never re-executed); see
 # tests/export/build.py. EXPORT_DIR=somewhere puts them elsewhere.

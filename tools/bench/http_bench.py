@@ -15,11 +15,11 @@ wrk drives each in turn with keep-alive connections, one thread, 50 connections,
 short warm-up. On a machine with two or more cores the server is pinned to the first core
 and wrk to the last, so each server gets one core whatever it would do with more.
 
-    .venv/bench/bin/python tests/bench/http_bench.py [--duration 3] [--connections 50]
+    .venv/bench/bin/python tools/bench/http_bench.py [--duration 3] [--connections 50]
 
 It prints requests per second and each server's ratio to the lesson responder. It is a
 benchmark, not a test: it asserts nothing about speed. Uses the standard library plus the
-packages in tests/bench/requirements.txt.
+packages in tools/bench/requirements.txt.
 """
 
 from __future__ import annotations
