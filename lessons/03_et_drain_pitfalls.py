@@ -40,7 +40,7 @@ import socket
 import sys
 import time
 
-EDGE = select.EPOLLET  # report changes of readiness, once each
+EDGE = select.EPOLLET  # report each arrival once; nothing for what is merely still there
 READABLE = select.EPOLLIN
 WRITABLE = select.EPOLLOUT
 # The kernel always reports these, asked or not. They are not a verdict: the next recv or
@@ -162,7 +162,8 @@ class EchoServer:
                 return
 
     def on_readable(self, conn):
-        # Drain: recv until EAGAIN. Whatever is left unread now will not be reported again.
+        # Drain: recv until EAGAIN. What is left unread now is not reported again until
+        # something new arrives on this socket.
         # With --budget, stop after that many bytes and put the connection on our ready list.
         size = SKIP_RECV_CHUNK if self.skip == "recv" else self.recv_size
         taken, why = 0, "EAGAIN"
@@ -212,7 +213,7 @@ class EchoServer:
                     sent = conn.sock.send(conn.outbox[:SKIP_SEND_CHUNK])
                 else:
                     sent = conn.sock.send(conn.outbox)
-            except BlockingIOError:  # socket buffer full: EPOLLOUT fires when it empties
+            except BlockingIOError:  # buffer full: EPOLLOUT comes once space is freed
                 break
             except OSError as e:  # EPIPE, ECONNRESET: the client stopped listening
                 self.close(conn, e.strerror)
@@ -275,11 +276,15 @@ class EchoServer:
         conn = self.conns.get(fd)
         if conn is None:  # closed by an earlier event in this same batch
             return
-        # A connection already on our ready list gets its read in its turn, not an extra one.
-        if ev & (READABLE | TROUBLE) and not conn.queued:
-            self.on_readable(conn)
-        if ev & (WRITABLE | TROUBLE) and not conn.closed:
+        # Write first, then read, as in lesson 02: a send that lifts the throttle is
+        # followed, in this same event, by a read of what waited meanwhile (or by a turn
+        # on our own ready list, where on_writable() puts the connection). No arrival
+        # announces those bytes again, so the loop must not count on one.
+        if ev & (WRITABLE | TROUBLE):
             self.on_writable(conn)
+        # A connection already on our ready list gets its read in its turn, not an extra one.
+        if ev & (READABLE | TROUBLE) and not conn.queued and not conn.closed:
+            self.on_readable(conn)
         if not conn.closed:
             self.update_interest(conn)
 
