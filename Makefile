@@ -50,11 +50,11 @@ bench: $(BENCH)
 	$(VENV)/bench/bin/python tools/bench/http_bench.py
 
 # Slides and the static edition, from the committed notebooks (never re-executed); see
-# tests/export/build.py. EXPORT_DIR=somewhere puts them elsewhere.
+# tools/export/build.py. EXPORT_DIR=somewhere puts them elsewhere.
 EXPORT_DIR ?= build
 
 slides: $(READY)
-	$(BIN)/python tests/export/build.py slides $(EXPORT_DIR)/slides
+	$(BIN)/python tools/export/build.py slides $(EXPORT_DIR)/slides
 
 html: $(READY)
-	$(BIN)/python tests/export/build.py html $(EXPORT_DIR)/html
+	$(BIN)/python tools/export/build.py html $(EXPORT_DIR)/html

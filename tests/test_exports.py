@@ -1,6 +1,6 @@
 """The slides and the static edition, opened in a real browser.
 
-Both are built with the command `make slides` and `make html` run (tests/export/build.py) into
+Both are built with the command `make slides` and `make html` run (tools/export/build.py) into
 a temporary folder, served from a loopback HTTP server, and opened in Debian's headless
 Chromium. The checks are about what a reader or a class sees: every lesson listed in lesson
 order, links between lessons that lead somewhere, no error output, pictures that load, a
@@ -22,7 +22,7 @@ from PIL import Image
 from conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD = ROOT / "tests" / "export" / "build.py"
+BUILD = ROOT / "tools" / "export" / "build.py"
 sys.path.insert(0, str(BUILD.parent))
 from browser import Browser  # noqa: E402
 

@@ -1,7 +1,7 @@
 """The workbook's notebooks as reveal.js decks (`make slides`) or as static pages (`make html`).
 
-    python tests/export/build.py slides OUTDIR
-    python tests/export/build.py html OUTDIR
+    python tools/export/build.py slides OUTDIR
+    python tools/export/build.py html OUTDIR
 
 Both read every notebooks/NN_*.ipynb present, in lesson order, and never execute them: a class
 or a reader sees exactly the outputs that are committed and that nbval checks; no server runs.
