@@ -264,11 +264,7 @@ class Server:
         return self.cpu_seconds() - before
 
     def asleep_in_epoll(self, timeout: float = 5.0) -> bool:
-        """Wait (bounded) until the server sleeps inside epoll_wait; False if it never does.
-
-        /proc/PID/wchan names the kernel function a sleeping process waits in (ep_poll or
-        do_epoll_wait); a process that is running, or blocked anywhere else, shows another.
-        """
+        """Wait (bounded) until the server sleeps inside epoll_wait; False if it never does."""
         return asleep_in_epoll(self.pid, timeout)
 
 
@@ -308,16 +304,20 @@ def gone(pid: int) -> bool:
     return process_state(pid) in ("Z", "X")
 
 
+def _sleeps_in_epoll(pid: int) -> bool:
+    # /proc/PID/wchan: the kernel function a sleeping process waits in (do_epoll_wait, or
+    # ep_poll on older kernels); "0" while it runs.
+    try:
+        where = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:  # the process has exited
+        return False
+    return "epoll" in where or "ep_poll" in where
+
+
 def asleep_in_epoll(pid: int, timeout: float = 5.0) -> bool:
     """Wait (bounded) until process `pid` sleeps inside epoll_wait; False if it never does."""
-    def waiting_in_epoll():
-        try:
-            wchan = Path(f"/proc/{pid}/wchan").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        return "epoll" in wchan or wchan == "ep_poll"
     try:
-        wait_until(waiting_in_epoll, timeout=timeout, what="sleeping in epoll_wait")
+        wait_until(lambda: _sleeps_in_epoll(pid), timeout=timeout, what="sleeping in epoll_wait")
     except Stalled:
         return False
     return True
@@ -716,3 +716,21 @@ def recv_http_response(sock: socket.socket, pending: bytearray | None = None,
     body = bytes(buf[len(head):len(head) + length])
     del buf[:len(head) + length]
     return status, head, body
+
+
+
+# -- where a lesson server waits (used by notebooks 01 and 02) --------------------------------
+
+def in_epoll_wait(server: Server) -> bool:
+    """True while the server's one thread sleeps inside epoll_wait (/proc/PID/wchan).
+
+    A single-threaded lesson server that sleeps there has finished its turn: whatever a
+    client does next arrives while the loop waits, not while it is still busy.
+    """
+    return _sleeps_in_epoll(server.pid)
+
+
+def wait_in_epoll_wait(server: Server, timeout: float = IO_TIMEOUT) -> None:
+    """Wait (bounded) until the server sleeps inside epoll_wait; Stalled if it does not."""
+    if not asleep_in_epoll(server.pid, timeout):
+        raise Stalled(f"the server was not asleep in epoll_wait within {timeout:g} s")
