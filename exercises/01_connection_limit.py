@@ -3,8 +3,9 @@
 
 This is lesson 01's level-triggered echo server with one new flag, --max-conns N. Make it
 keep its promise: while N clients are connected, a new client receives REFUSAL and is
-closed, and the clients already connected go on being served. Change the lines marked TODO,
-then run `make check`. The finished version is solutions/01_connection_limit.py.
+closed, and the clients already connected go on being served. Change the lines marked TODO
+in exercises/01_connection_limit.py, then run `make check`. The finished version is
+solutions/01_connection_limit.py, with the starting point's lines beside the answer.
 
 The rest of lesson 01's description follows.
 
@@ -114,7 +115,7 @@ class EchoServer:
             return
         sock.setblocking(False)
         # TODO: when self.max_conns clients are connected already, refuse this one: send
-        # it REFUSAL, close it, and return before it is registered.
+        # TODO: it REFUSAL, close it, and return before it is registered.
         conn = Connection(sock)
         self.conns[sock.fileno()] = conn
         self.epoll.register(sock.fileno(), conn.interest)

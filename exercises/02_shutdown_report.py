@@ -7,8 +7,9 @@ stops it, print one last line on stdout, exactly like
     served 3 connections, echoed 6000 bytes
 
 (the connections it accepted, and the bytes the kernel took from its send() calls). Change
-the lines marked TODO, then run `make check`. The finished version is
-solutions/02_shutdown_report.py.
+the lines marked TODO in exercises/02_shutdown_report.py, then run `make check`. The
+finished version is solutions/02_shutdown_report.py, with the starting point's lines beside
+each answer.
 
 The rest of lesson 02's description follows.
 

@@ -6,10 +6,11 @@ one handler: on_readable() makes a single recv() per edge, like `--skip-drain re
 that sends more than RECV_SIZE bytes in one go gets the first RECV_SIZE back and then waits
 forever: the rest sits in the socket, and edge-triggered epoll never reports it again.
 
-Change the lines marked TODO so that on_readable() drains: recv until BlockingIOError.
-Mind the end of the stream: at EOF recv() returns b"" every time you call it, it does not
-raise, so a loop that waits for an exception spins forever. Then run `make check` (or
-`python exercises/check.py 03`). The finished version is solutions/03_drain_recv.py.
+Change the lines marked TODO in exercises/03_drain_recv.py so that on_readable() drains:
+recv until BlockingIOError. Mind the end of the stream: at EOF recv() returns b"" every time
+you call it, it does not raise, so a loop that waits for an exception spins forever. Then
+run `make check` (or `python exercises/check.py 03`). The finished version is
+solutions/03_drain_recv.py, with the starting point's lines beside the answer.
 
     python exercises/03_drain_recv.py               # listening on 127.0.0.1:9013
     python lessons/echo_client.py --port 9013 --bytes 10000
@@ -118,15 +119,15 @@ class EchoServer:
         # TODO: when on_writable() closed the connection or throttled it.
         try:
             data = conn.sock.recv(RECV_SIZE)
-        except BlockingIOError:  # nothing there after all
-            return
+        except BlockingIOError:  # TODO: nothing to read: drained
+            return  # TODO
         except OSError as e:  # ECONNRESET and friends: this client is gone
             self.close(conn, e.strerror)
             return
-        if not data:  # EOF: the client will send no more, but it may still be reading
+        if not data:  # TODO: EOF: the client will send no more, but it may still be reading
             conn.peer_done = True
-            self.on_writable(conn)  # finish, or close if all is sent
-            return
+            self.on_writable(conn)  # TODO: finish, or close if all is sent
+            return  # TODO
         conn.outbox += data
         self.on_writable(conn)  # try to send now; EPOLLOUT is only for what is left
 

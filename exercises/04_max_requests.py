@@ -4,7 +4,9 @@
 Your task: with --max-requests N (N > 0), answer the N-th request on a connection with
 `Connection: close` and then end that connection, as nginx's keepalive_requests does, so
 that no client holds one connection forever. 0, the default, means no limit. The lines to
-change are marked TODO; `make check` tells you when it works.
+change are marked TODO in exercises/04_max_requests.py; `make check` tells you when it
+works. solutions/04_max_requests.py is the finished version, with the starting point's lines
+beside the answer.
 
 Lesson 04 says the rest:
 

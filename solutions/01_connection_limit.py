@@ -3,8 +3,9 @@
 
 This is lesson 01's level-triggered echo server with one new flag, --max-conns N. Make it
 keep its promise: while N clients are connected, a new client receives REFUSAL and is
-closed, and the clients already connected go on being served. This is the finished
-version; the starting point is exercises/01_connection_limit.py.
+closed, and the clients already connected go on being served. Change the lines marked TODO
+in exercises/01_connection_limit.py, then run `make check`. The finished version is
+solutions/01_connection_limit.py, with the starting point's lines beside the answer.
 
 The rest of lesson 01's description follows.
 
@@ -113,6 +114,10 @@ class EchoServer:
             self.log(f"accept failed: {e.strerror}")
             return
         sock.setblocking(False)
+        # exercise: the starting point has the "#|" lines, not the answer below
+        #| # TODO: when self.max_conns clients are connected already, refuse this one: send
+        #| # TODO: it REFUSAL, close it, and return before it is registered.
+        # answer:
         if len(self.conns) >= self.max_conns:
             # Accept, then refuse: a client left in the accept queue would keep the listener
             # readable, and level-triggered epoll would report it on every call (a busy
@@ -124,6 +129,7 @@ class EchoServer:
             sock.close()
             self.log("refused a client: server full")
             return
+        # end of the answer
         conn = Connection(sock)
         self.conns[sock.fileno()] = conn
         self.epoll.register(sock.fileno(), conn.interest)

@@ -6,8 +6,10 @@ stops it, print one last line on stdout, exactly like
 
     served 3 connections, echoed 6000 bytes
 
-(the connections it accepted, and the bytes the kernel took from its send() calls). This is the
-finished version; the starting point is exercises/02_shutdown_report.py.
+(the connections it accepted, and the bytes the kernel took from its send() calls). Change
+the lines marked TODO in exercises/02_shutdown_report.py, then run `make check`. The
+finished version is solutions/02_shutdown_report.py, with the starting point's lines beside
+each answer.
 
 The rest of lesson 02's description follows.
 
@@ -100,8 +102,12 @@ class EchoServer:
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
         self.epoll.register(self.wake_r.fileno(), READABLE | EDGE)
         self.running = True
+        # exercise: the starting point has the "#|" lines, not the answer below
+        #| # TODO: two counters, for connections accepted and for bytes echoed.
+        # answer:
         self.accepted = 0
         self.echoed = 0
+        # end of the answer
 
     def log(self, text):
         if self.trace:
@@ -127,7 +133,11 @@ class EchoServer:
             self.conns[sock.fileno()] = conn
             self.epoll.register(sock.fileno(), conn.interest | EDGE)
             self.log(f"accept fd {sock.fileno()}")
+            # exercise: the starting point has the "#|" lines, not the answer below
+            #| # TODO: count the connection.
+            # answer:
             self.accepted += 1
+            # end of the answer
 
     def on_readable(self, conn):
         # Drain: recv until EAGAIN. Whatever is left unread now will not be reported again.
@@ -164,7 +174,11 @@ class EchoServer:
                 self.close(conn, e.strerror)
                 return
             del conn.outbox[:sent]  # bytearray drops a prefix without copying the rest
+            # exercise: the starting point has the "#|" lines, not the answer below
+            #| # TODO: count the bytes sent.
+            # answer:
             self.echoed += sent
+            # end of the answer
         conn.update_throttle()
         if conn.peer_done and not conn.outbox:  # everything owed is delivered
             self.close(conn, "client finished")
@@ -224,7 +238,11 @@ class EchoServer:
         self.listener.close()
         self.wake_r.close()
         self.wake_w.close()
+        # exercise: the starting point has the "#|" lines, not the answer below
+        #| # TODO: print the report line (flush it: stdout may be a pipe).
+        # answer:
         print(f"served {self.accepted} connections, echoed {self.echoed} bytes", flush=True)
+        # end of the answer
 
 
 # -- the program ------------------------------------------------------------------------

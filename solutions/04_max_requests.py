@@ -4,7 +4,9 @@
 Your task: with --max-requests N (N > 0), answer the N-th request on a connection with
 `Connection: close` and then end that connection, as nginx's keepalive_requests does, so
 that no client holds one connection forever. 0, the default, means no limit. The lines to
-change are marked TODO; `make check` tells you when it works.
+change are marked TODO in exercises/04_max_requests.py; `make check` tells you when it
+works. solutions/04_max_requests.py is the finished version, with the starting point's lines
+beside the answer.
 
 Lesson 04 says the rest:
 
@@ -387,9 +389,14 @@ class HttpServer:
 
     def respond(self, conn, request, body):
         keep_alive = request.keep_alive and self.keep_alive
+        # exercise: the starting point has the "#|" lines, not the answer below
+        #| # TODO: count this request in conn.served; when self.max_requests is not 0 and this
+        #| # TODO: is the connection's max_requests-th request, set keep_alive to False.
+        # answer:
         conn.served += 1
         if self.max_requests and conn.served >= self.max_requests:
             keep_alive = False  # the last one: "Connection: close", then finish()
+        # end of the answer
         if not keep_alive:
             connection = b"Connection: close\r\n"
         elif request.version == b"HTTP/1.0":  # HTTP/1.0 needs the promise spelled out

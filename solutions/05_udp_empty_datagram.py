@@ -13,9 +13,8 @@ Change the lines marked TODO in on_readable so that
     edge-triggered: whatever the drain leaves unread is not reported again until yet another
     datagram happens to arrive.
 
-Check your work with `python exercises/check.py 05` (or `make check`).
-
-This is the finished version: the TCP habit is gone from on_readable.
+Check your work with `python exercises/check.py 05` (or `make check`). The finished version
+is solutions/05_udp_empty_datagram.py, with the starting point's lines beside the answer.
 """
 
 import argparse
@@ -127,10 +126,17 @@ class UdpEchoServer:
                 # belongs to no datagram in the queue, so there is nobody to close: go on.
                 self.report(f"receive error: {e.strerror}")
                 continue
-            count += 1
+            # exercise: the starting point has the "#|" lines, not the answer below
+            #| # TODO: TCP's habit: an empty read means the peer is done, so stop reading.
+            #| # TODO: is that true of a datagram socket? And what of the datagrams behind it?
+            #| if not size:  # TODO
+            #|     break  # TODO
+            # answer:
             # An empty datagram is a message of zero bytes, not EOF: UDP has no end of
             # stream. Echo it like any other, and keep draining: on an edge-triggered
             # socket a datagram left unread now is not reported again.
+            # end of the answer
+            count += 1
             kept = min(size, len(self.buffer))
             if flags & socket.MSG_TRUNC:
                 self.report(f"truncated: a {size}-byte datagram from {peer_name(sender)} did "
