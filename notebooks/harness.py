@@ -734,3 +734,50 @@ def wait_in_epoll_wait(server: Server, timeout: float = IO_TIMEOUT) -> None:
     """Wait (bounded) until the server sleeps inside epoll_wait; Stalled if it does not."""
     if not asleep_in_epoll(server.pid, timeout):
         raise Stalled(f"the server was not asleep in epoll_wait within {timeout:g} s")
+
+
+# -- what the kernel holds for a connection, and a client that reads slowly (notebooks 03, 04) --
+
+def unread_bytes(server: Server, client: socket.socket) -> int:
+    """Bytes the kernel holds for the server on its side of `client`'s TCP connection that
+    the server has not read yet (rx_queue of that socket in /proc/net/tcp, tcp6)."""
+    local, peer = client.getsockname()[1], client.getpeername()[1]
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if (int(fields[1].rsplit(":", 1)[1], 16) == peer
+                    and int(fields[2].rsplit(":", 1)[1], 16) == local):
+                return int(fields[4].split(":")[1], 16)
+    raise LookupError(f"no server-side socket for client port {local} in /proc/net/tcp")
+
+
+def slow_reader(server: Server, size: int = 24 << 20, read_size: int = 16 * 1024,
+                stall: float = 5.0) -> tuple[bytes, bytes]:
+    """Send `size` random bytes in big pieces while reading the echo in small ones, then
+    read the rest. An echo server's unsent output piles up past its high-water mark and
+    drains again many times. Returns (payload, echo); raises Stalled if nothing moves in
+    either direction for `stall` seconds, AssertionError after 60 s or at an early EOF."""
+    payload = os.urandom(size)
+    out, got = memoryview(payload), bytearray()
+    with server.connect() as sock:
+        sock.setblocking(False)
+        deadline = time.monotonic() + 60
+        while len(got) < size:
+            readable, writable, _ = select.select([sock], [sock] if out else [], [], stall)
+            if not readable and not writable:
+                raise Stalled(f"nothing moved for {stall:g} s: sent {size - len(out)}, "
+                              f"echoed {len(got)} of {size}", bytes(got))
+            assert time.monotonic() < deadline, f"echoed {len(got)} of {size} in 60 s"
+            if writable:
+                try:
+                    out = out[sock.send(out[:256 * 1024]):]
+                except BlockingIOError:
+                    pass
+            if readable:
+                try:
+                    chunk = sock.recv(read_size)
+                except BlockingIOError:
+                    continue
+                assert chunk, f"the server closed after echoing {len(got)} of {size}"
+                got += chunk
+    return payload, bytes(got)
