@@ -9,7 +9,9 @@ clients. Run it, then talk to it from another terminal:
 
 Level-triggered (the default mode of epoll) means: epoll_wait reports a socket for as long
 as it is ready. Data left unread is reported again on the next call, so this server may read
-once per event and still never lose track of a connection. Lesson 02 drops that safety net.
+once per event and still never lose track of a connection. Lesson 02 drops that safety net:
+edge-triggered epoll reports what arrives (data, a client, freed space, a close), not what is
+still there.
 
 --trace prints one line per wake-up of the loop and per change of interest, so that a
 notebook (or you) can count what the kernel reported. See epoll(7) for the contract.
@@ -129,7 +131,7 @@ class EchoServer:
         if conn.outbox:
             try:
                 sent = conn.sock.send(conn.outbox)
-            except BlockingIOError:  # socket buffer full: EPOLLOUT reports when it is not
+            except BlockingIOError:  # buffer full: EPOLLOUT reports once there is room again
                 sent = 0
             except OSError as e:  # EPIPE, ECONNRESET: the client stopped listening
                 self.close(conn, e.strerror)
