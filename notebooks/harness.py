@@ -545,15 +545,19 @@ def echo(address, payload: bytes, timeout: float = IO_TIMEOUT) -> bytes:
 
 
 def fill_without_reading(sock: socket.socket, limit: int = 64 << 20,
-                         timeout: float = IO_TIMEOUT, quiet: float = 0.25) -> int:
+                         timeout: float = IO_TIMEOUT, quiet: float = 0.25,
+                         chunk: bytes | None = None) -> int:
     """Send on sock without ever reading until the kernel pushes back; return bytes sent.
 
     "Pushed back" means the socket stayed unwritable for `quiet` seconds: every buffer on
     the way (ours, the server's, and whatever the server holds itself) is full. Raises
     AssertionError if the peer still takes data after `limit` bytes or `timeout` seconds.
+    `chunk` is what is sent over and over (zero bytes by default; for an HTTP server,
+    pipelined requests, so that every byte asks for an answer).
     """
     sock.setblocking(False)
-    sent, chunk = 0, bytes(256 * 1024)
+    sent = 0
+    chunk = bytes(256 * 1024) if chunk is None else chunk
     deadline = time.monotonic() + timeout
     try:
         while sent < limit and time.monotonic() < deadline:
@@ -751,15 +755,16 @@ def unread_bytes(server: Server, client: socket.socket) -> int:
     raise LookupError(f"no server-side socket for client port {local} in /proc/net/tcp")
 
 
-def slow_reader(server: Server, size: int = 24 << 20, read_size: int = 16 * 1024,
-                stall: float = 5.0) -> tuple[bytes, bytes]:
-    """Send `size` random bytes in big pieces while reading the echo in small ones, then
-    read the rest. An echo server's unsent output piles up past its high-water mark and
-    drains again many times. Returns (payload, echo); raises Stalled if nothing moves in
-    either direction for `stall` seconds, AssertionError after 60 s or at an early EOF."""
+def slow_reader(server: Server, size: int = 24 << 20, read_size: int = 1024,
+                rcvbuf: int | None = 64 * 1024, stall: float = 5.0) -> tuple[bytes, bytes]:
+    """Send `size` random bytes in big pieces while reading the echo in small ones (and
+    with a small receive buffer), then read the rest. An echo server's unsent output piles
+    up past its high-water mark and drains again many times. Returns (payload, echo);
+    raises Stalled if nothing moves in either direction for `stall` seconds,
+    AssertionError after 60 s or at an early EOF."""
     payload = os.urandom(size)
     out, got = memoryview(payload), bytearray()
-    with server.connect() as sock:
+    with server.connect(rcvbuf=rcvbuf) as sock:
         sock.setblocking(False)
         deadline = time.monotonic() + 60
         while len(got) < size:

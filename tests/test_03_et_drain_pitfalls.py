@@ -152,44 +152,15 @@ def test_correct_modes_echo_many_clients_and_large_payloads(start, mode):
     assert got == payloads[0]  # half-close: everything owed still arrives, then EOF
 
 
-def slow_reader(server, size=24 * MiB, read_size=16 * 1024, stall=5.0):
-    """A client that sends `size` bytes in big pieces while reading in small ones, then
-    reads the rest. The server's output passes HIGH_WATER and drains again many times, so
-    its reading is throttled and resumed over and over. Returns (payload, echo); raises
-    harness.Stalled if nothing moves either way for `stall` seconds."""
-    payload = os.urandom(size)
-    out, got = memoryview(payload), bytearray()
-    with server.connect() as sock:
-        sock.setblocking(False)
-        deadline = time.monotonic() + 60
-        while len(got) < size:
-            readable, writable, _ = select.select([sock], [sock] if out else [], [], stall)
-            if not readable and not writable:
-                raise harness.Stalled(f"nothing moved for {stall:g} s: sent "
-                                      f"{size - len(out)}, echoed {len(got)} of {size}")
-            assert time.monotonic() < deadline, f"echoed {len(got)} of {size} in 60 s"
-            if writable:
-                try:
-                    out = out[sock.send(out[:256 * 1024]):]
-                except BlockingIOError:
-                    pass
-            if readable:
-                try:
-                    chunk = sock.recv(read_size)
-                except BlockingIOError:
-                    continue
-                assert chunk, f"the server closed after echoing {len(got)} of {size}"
-                got += chunk
-    return payload, bytes(got)
-
-
 @pytest.mark.parametrize("mode", [[], ["--budget", str(BUDGET)]], ids=["default", "budget"])
 def test_a_slow_reader_gets_everything_through_many_throttles(start, mode):
     # Write first, then read, in each event: a throttle lifted by a send is followed by a
     # read (or by a turn on the server's own ready list), never by silence.
-    server = start(LESSON, *mode)
-    payload, echoed = slow_reader(server)
+    server = start(LESSON, "--trace", *mode)
+    payload, echoed = harness.slow_reader(server)  # 24 MiB, the echo read 1 KiB at a time
     assert echoed == payload
+    throttles = [c for c in harness.interest_changes(server.lines) if "IN" not in c[2]]
+    assert len(throttles) >= 2, "the test never made the server stop reading"
 
 
 # -- the opposite pitfall: starvation, and the budget that fixes it -------------------------
