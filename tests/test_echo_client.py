@@ -95,8 +95,9 @@ def test_typed_lines_come_back_and_the_end_is_clean(start):
 
 def test_typed_input_larger_than_the_buffers_from_a_regular_file(start, tmp_path):
     # A client that sent everything before reading would deadlock once both sides' buffers
-    # are full; and a regular file as stdin is something epoll refuses (EPERM).
-    payload = os.urandom(8 << 20)
+    # and the server's outbox are full (32 MiB is more than they hold on loopback); and a
+    # regular file as stdin is something epoll refuses (EPERM).
+    payload = os.urandom(32 << 20)
     path = tmp_path / "payload.bin"
     path.write_bytes(payload)
     server = start("02_et_echo.py")
@@ -202,7 +203,7 @@ def test_a_stalled_echo_ends_in_a_timeout_with_a_count(start):
 
 def test_an_empty_datagram_comes_back_from_the_finished_exercise(start):
     server = start(SOLUTIONS / "05_udp_empty_datagram.py")
-    result = run_client("--udp", "--port", server.port, "--bytes", 0)
+    result = run_client("--udp", "--port", server.port, "--bytes", 0, "--timeout", 5)
     assert result.stdout.decode().strip() == "1 of 1 client got an empty datagram back intact"
     assert result.returncode == 0
 
@@ -242,11 +243,17 @@ def test_typed_datagrams_come_back_and_truncation_is_named(start):
     ["--udp", "--bytes", "65508"],  # more than one IPv4 datagram carries
     ["--timeout", "0"],
     ["--bytes", "-1"],
-    ["--port", "0"],
     ["--no-such-flag"],
 ])
-def test_a_mistake_gets_one_line_and_status_2(args):
-    one_line_error(run_client(*args))
+def test_a_mistake_gets_one_line_and_status_2(start, args):
+    server = start("01_lt_echo.py")  # a server that would answer: the mistake alone fails
+    result = run_client("--port", server.port, *args)
+    one_line_error(result)
+    assert args[0] in result.stderr.decode()  # the line names the flag at fault
+
+
+def test_port_0_gets_one_line_and_status_2():
+    one_line_error(run_client("--port", 0))  # a client cannot connect to "any free port"
 
 
 def test_no_server_gets_one_line_and_status_2():
