@@ -248,14 +248,18 @@ def run_wrk(wrk: str, port: int, seconds: float, connections: int, cpu) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per server")
+    # wrk takes whole seconds only (it rejects -d0.5s), so these are whole numbers too.
+    parser.add_argument("--duration", type=int, default=3, help="seconds per server")
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds before measuring (0: none)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="measure every server this many times, in turn; keep the best")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the server and wrk to separate cores")
     args = parser.parse_args()
+    if args.duration < 1 or args.warmup < 0 or args.rounds < 1 or args.connections < 1:
+        parser.error("--duration, --rounds and --connections must be at least 1, "
+                     "--warmup at least 0")
     wrk = shutil.which("wrk")
     if wrk is None:
         print("http_bench: error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
