@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.pins-installed
 
-.PHONY: lab test check bench slides html help
+.PHONY: lab test check bench slides html outputs tables help
 help:
 	@echo "make lab    open JupyterLab on notebooks/ (prints the URL)"
 	@echo "make test   run every test and every notebook (nbval, strict)"
@@ -14,6 +14,11 @@ help:
 	@echo "make bench  benchmarks: echo (lessons 01, 02, asyncio, uvloop), HTTP (lesson 04, uvicorn, ...)"
 	@echo "make slides every lesson as a reveal.js deck, in $(EXPORT_DIR)/slides (works offline)"
 	@echo "make html   every lesson as a static page with an index, in $(EXPORT_DIR)/html"
+	@echo "For contributors (see CONTRIBUTING.md):"
+	@echo "make outputs       run every notebook top to bottom and store its outputs (NB=03 for one;"
+	@echo "                   FRESH=1 also replaces pictures and measurements that merely vary)"
+	@echo "make tables        rewrite the lesson tables of README.md and notebooks/INSTRUCTOR.md"
+	@echo "                   from lessons/lessons.toml"
 
 $(READY): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: the workbook needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0] + " (try: make test PYTHON=python3.12)")'
@@ -38,11 +43,19 @@ test: $(READY)
 check: $(READY)
 	$(BIN)/python exercises/check.py
 
+# After editing a lesson or its notebook: store the outputs that `make test` will compare.
+# NB="03 05" picks notebooks by number; see tools/outputs.py for what is kept as it was.
+outputs: $(READY)
+	$(BIN)/python tools/outputs.py $(NB) $(if $(FRESH),--fresh)
+
+tables: $(READY)
+	$(BIN)/python tools/lesson_list.py
+
 BENCH := $(VENV)/bench/.pins-installed
 $(BENCH): tools/bench/requirements.txt $(READY)
 	rm -rf $(VENV)/bench
-	$(PYTHON) -m venv $(VENV)/bench
-	$(VENV)/bench/bin/python -m pip install --quiet --disable-pip-version-check -r tools/bench/requirements.txt
+	$(PYTHON) -m venv $(VENV)/bench || { echo "error: could not create $(VENV)/bench; on Debian or Ubuntu: sudo apt-get install python3-venv" >&2; exit 2; }
+	$(VENV)/bench/bin/python -m pip install --quiet --disable-pip-version-check -r tools/bench/requirements.txt || { echo "error: could not install tools/bench/requirements.txt into $(VENV)/bench (pip says why above)" >&2; exit 2; }
 	touch $@
 
 bench: $(BENCH)

@@ -1,0 +1,136 @@
+"""`make outputs` (tools/outputs.py) stores what nbval in strict mode expects, and a second run
+with nothing edited changes nothing. Each test runs a small notebook made here, in a git
+repository of its own under tmp_path, never the lesson notebooks."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = ROOT / "tools" / "outputs.py"
+GIT = ["git", "-c", "user.name=workbook", "-c", "user.email=workbook@localhost", "-c", "commit.gpgsign=false"]
+
+METADATA = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python", "version": "3.0.0"}}
+CELLS = [
+    new_markdown_cell("# A small lesson", metadata={"slideshow": {"slide_type": "slide"}}),
+    # Stale: run as number 7, with the timestamps Jupyter records.
+    new_code_cell("import random\nprint('hello from the kernel')", execution_count=7,
+                  metadata={"tags": ["demo"], "execution": {"iopub.status.busy": "2020-01-01T00:00:00Z"}}),
+    new_code_cell("# NBVAL_IGNORE_OUTPUT\n# (a measurement: different on every run)\n"
+                  "print(f'took {random.random():.6f} s')"),
+    new_code_cell("print(f'listening on 127.0.0.1:{random.randrange(1024, 65536)}')  # sanitized"),
+    new_code_cell("6 * 7"),
+    new_code_cell("import base64, os\n"  # a picture that differs on every run, as a plot of timings does
+                  "display({'image/png': base64.b64encode(os.urandom(32)).decode(), 'text/plain': '<a picture>'}, raw=True)"),
+]
+
+
+_spec = importlib.util.spec_from_file_location("outputs_tool", TOOL)
+tool = sys.modules["outputs_tool"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tool)
+
+
+def run(path, *args, capsys):
+    """`python tools/outputs.py path args`, in this process (a kernel start is cost enough)."""
+    capsys.readouterr()
+    argv = sys.argv
+    sys.argv = ["tools/outputs.py", str(path), *args]
+    try:
+        status = tool.main()
+    finally:
+        sys.argv = argv
+    return status, capsys.readouterr()
+
+
+def git(folder, *args):
+    subprocess.run([*GIT, *args], cwd=folder, check=True, capture_output=True, timeout=30)
+
+
+def make(folder, cells):
+    path = folder / "lesson.ipynb"
+    nbformat.write(new_notebook(cells=cells, metadata=METADATA), path)
+    git(folder, "init", "-q")
+    git(folder, "add", path.name)
+    git(folder, "commit", "-q", "-m", "a small lesson")
+    return path
+
+
+def outputs(cell):
+    return json.dumps(cell["outputs"], sort_keys=True)
+
+
+def test_stores_what_strict_nbval_expects_and_only_what_was_edited_changes(tmp_path, capsys):
+    path = make(tmp_path, CELLS)
+    status, said = run(path, capsys=capsys)
+    assert status == 0, said.err
+    assert said.err == "", "the kernel's own log stays out of the terminal"
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert [c["execution_count"] for c in code] == [1, 2, 3, 4, 5]
+    assert [(o["name"], "".join(o["text"])) for o in code[0]["outputs"]] == [("stdout", "hello from the kernel\n")]
+    assert code[3]["outputs"][0]["data"] == {"text/plain": ["42"]}
+    assert not any("execution" in c["metadata"] for c in nb["cells"]), "timestamps were stored"
+    assert code[0]["metadata"] == {"tags": ["demo"]}
+    assert nb["cells"][0]["metadata"] == {"slideshow": {"slide_type": "slide"}}
+    assert nb["metadata"] == METADATA, "the notebook's own metadata was changed"
+
+    # nbval, strict, as `make test` runs it (pytest.ini), accepts the stored run.
+    checked = subprocess.run([sys.executable, "-m", "pytest", "-c", "pytest.ini", str(path), "-q"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0 and "5 passed" in checked.stdout, checked.stdout[-2000:]
+
+    # Committed, then run again with nothing edited: not a byte changes, though the port, the
+    # measurement and the picture all came out different.
+    git(tmp_path, "commit", "-q", "-am", "outputs")
+    first = path.read_bytes()
+    status, said = run(path, capsys=capsys)
+    assert status == 0 and "unchanged" in said.out, said
+    assert path.read_bytes() == first
+
+    # One cell edited: it gets its new picture; the cells around it keep theirs.
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[5].source = "# a picture, edited\n" + nb.cells[5].source
+    nbformat.write(nb, path)
+    assert run(path, capsys=capsys)[0] == 0
+    before, after = json.loads(first)["cells"], json.loads(path.read_text())["cells"]
+    assert outputs(after[5]) != outputs(before[5]), "the edited cell kept its old picture"
+    assert [outputs(c) for c in after[1:5]] == [outputs(c) for c in before[1:5]]
+
+    # --fresh: the measurement gets its new numbers too.
+    assert run(path, "--fresh", capsys=capsys)[0] == 0
+    fresh = json.loads(path.read_text())["cells"]
+    assert outputs(fresh[2]) != outputs(after[2]), "--fresh kept the old measurement"
+    assert outputs(fresh[1]) == outputs(after[1])
+
+
+@pytest.mark.parametrize("source, said", [
+    ("import sys\nprint('careful', file=sys.stderr)", "cell 3 ('import sys') wrote to stderr: careful"),
+    ("1 / 0", "ZeroDivisionError"),
+], ids=["stderr", "error"])
+def test_a_run_that_make_test_would_fail_leaves_the_file_alone(tmp_path, source, said, capsys):
+    path = make(tmp_path, [*CELLS[:2], new_code_cell(source), CELLS[4]])
+    before = path.read_bytes()
+    status, printed = run(path, capsys=capsys)
+    assert status == 1
+    assert said in printed.err and "the file is unchanged" in printed.err, printed.err
+    assert printed.err.count("\n") == 1 and "Traceback" not in printed.err, printed.err
+    assert path.read_bytes() == before
+
+
+def test_make_outputs_passes_the_notebooks_and_the_flag_on():
+    shown = subprocess.run(["make", "-n", "outputs", "NB=03 05", "FRESH=1"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert "tools/outputs.py 03 05 --fresh" in shown.stdout
+
+
+def test_an_unknown_lesson_number_is_one_clear_line():
+    with pytest.raises(SystemExit, match="no notebook in notebooks/ starts with '99'"):
+        tool.chosen(["99"])

@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Store fresh outputs in the lesson notebooks: `make outputs`, or `make outputs NB=03`.
+
+    python tools/outputs.py                  # every notebooks/NN_*.ipynb, in lesson order
+    python tools/outputs.py 03 05            # only the notebooks whose name starts so
+    python tools/outputs.py path/to/x.ipynb  # any notebook, by its path
+
+Each notebook runs top to bottom in a fresh kernel of this Python (the venv's, the one nbval
+uses with --nbval-current-env), in the notebook's own folder, as `make test` runs it. It is
+written back only when the run is one that `make test` accepts: every code cell ran once, in
+order (execution counts 1..n), no error, nothing on stderr. Otherwise the file is left as it
+was and the first bad cell is named.
+
+What is written is stable, so that after a run with nothing edited `git diff` shows no change:
+- no timing metadata per cell (the `execution` timestamps Jupyter records) is stored;
+- the notebook's own metadata (kernel name, language version) is kept as it was;
+- a cell not edited since the last commit (same source as in git's HEAD) whose new outputs
+  equal the committed ones as nbval compares them (text, after notebooks/sanitize.cfg) keeps
+  the committed outputs, pictures included: a plot of timings differs a little on every run.
+  In a cell marked `# NBVAL_IGNORE_OUTPUT` (a measurement: times, rates) the numbers are not
+  compared either. Every other cell gets its new outputs.
+- `--fresh` (`make outputs FRESH=1`) stores every new output: use it when a change to a
+  lesson script shows only in a picture or a measured number.
+"""
+
+import argparse
+import copy
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+LESSON_GLOB = "[0-9][0-9]_*.ipynb"
+SANITIZE = NOTEBOOKS / "sanitize.cfg"
+CELL_TIMEOUT = 60  # seconds, as pytest.ini gives nbval
+
+import ipykernel.kernelspec  # noqa: E402
+import nbformat  # noqa: E402
+from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
+from nbclient import NotebookClient  # noqa: E402
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError  # noqa: E402
+from traitlets import default  # noqa: E402
+
+
+class ThisPython(KernelSpecManager):
+    """Whatever kernel a notebook names, run it with this interpreter (the venv's)."""
+
+    def get_kernel_spec(self, kernel_name):
+        return self.kernel_spec_class(resource_dir=ipykernel.kernelspec.RESOURCES,
+                                      **ipykernel.kernelspec.get_kernel_dict())
+
+
+class ThisPythonKernel(AsyncKernelManager):
+    @default("kernel_spec_manager")
+    def _kernel_spec_manager_default(self):
+        return ThisPython(data_dir=self.data_dir)
+
+
+class Refused(Exception):
+    """The run is not one `make test` accepts; the message says which cell and why."""
+
+
+def sanitize_patterns(path=SANITIZE):
+    """The (regex, replacement) pairs of an nbval sanitize file."""
+    pairs, regex = [], None
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.startswith("regex:"):
+                regex = line[len("regex:"):].strip()
+            elif line.startswith("replace:") and regex is not None:
+                pairs.append((re.compile(regex), line[len("replace:"):].strip()))
+                regex = None
+    return pairs
+
+
+TEXT = ("text/plain", "text/html", "image/svg+xml", "text/latex")  # what nbval compares
+NUMBER = re.compile(r"\d[\d.,]*")
+
+
+def comparable(outputs, patterns, numbers=True):
+    """Outputs as nbval compares them: streams and text, sanitized, pictures left out; with
+    numbers=False every number (and the spaces that align it) is masked as well."""
+
+    def clean(text):
+        text = text if isinstance(text, str) else "".join(text)
+        for regex, replacement in patterns:
+            text = regex.sub(replacement, text)
+        return text if numbers else re.sub(r" +", " ", NUMBER.sub("N", text))
+
+    shown = []
+    for out in outputs:
+        if out.get("output_type") == "stream":
+            shown.append((out["name"], clean(out["text"])))
+        elif out.get("output_type") == "error":
+            shown.append(("error", out.get("ename"), clean(out.get("evalue", ""))))
+        else:
+            shown.append(tuple(sorted((kind, clean(value)) for kind, value in out.get("data", {}).items()
+                                      if kind in TEXT)))
+    return shown
+
+
+def measured(cell):
+    """Marked as truly variable for nbval: a `# NBVAL_IGNORE_OUTPUT` line or the tag."""
+    return ("nbval-ignore-output" in cell.metadata.get("tags", [])
+            or any(line.strip() == "# NBVAL_IGNORE_OUTPUT" for line in cell.source.splitlines()))
+
+
+def cell_label(index, cell):
+    first = next((line for line in cell.source.splitlines() if line.strip()), "")
+    return f"cell {index + 1} ({first[:60]!r})"
+
+
+def check_run(nb):
+    """Raise Refused unless the executed notebook is what `make test` accepts."""
+    code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
+    for n, (i, cell) in enumerate(code, start=1):
+        if cell.execution_count != n:
+            raise Refused(f"{cell_label(i, cell)} ran as number {cell.execution_count}, not {n}")
+        for out in cell.outputs:
+            if out.output_type == "error":
+                raise Refused(f"{cell_label(i, cell)} raised {out.ename}: {out.evalue}")
+            if out.get("name") == "stderr":
+                said = out.text.strip().splitlines()
+                raise Refused(f"{cell_label(i, cell)} wrote to stderr: {said[-1] if said else ''}")
+
+
+def committed(path):
+    """The notebook as git's HEAD has it, or None (not in git, or not committed yet)."""
+    try:
+        shown = subprocess.run(["git", "show", f"HEAD:./{path.name}"], cwd=path.parent,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if shown.returncode != 0:
+        return None
+    try:
+        return nbformat.reads(shown.stdout, as_version=4)
+    except Exception:  # not a notebook that nbformat reads: nothing to keep from it
+        return None
+
+
+def execute(path):
+    """Run the notebook at path in a fresh kernel; return the stored and the new notebook."""
+    stored = nbformat.read(path, as_version=4)
+    nb = copy.deepcopy(stored)
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT, startup_timeout=60, record_timing=False,
+        kernel_manager_class=ThisPythonKernel,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    # The kernel's own log (a warning about its loopback TCP channels) is kept out of the
+    # terminal and shown only when the kernel dies.
+    log = tempfile.TemporaryFile(mode="w+")
+    try:
+        client.execute(stderr=log)
+    except CellExecutionError as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise Refused(f"a cell failed: {lines[-1] if lines else e}") from None
+    except CellTimeoutError:
+        raise Refused(f"a cell ran longer than {CELL_TIMEOUT} s") from None
+    except DeadKernelError:
+        log.seek(0)
+        said = log.read().strip().splitlines()
+        raise Refused(f"the kernel died{': ' + said[-1] if said else ''}") from None
+    finally:
+        log.close()
+    return stored, nb
+
+
+def stabilise(stored, nb, head, patterns, fresh=False):
+    """Drop what changes on every run though nothing was edited (see the module docstring)."""
+    nb.metadata = stored.metadata
+    before = {cell.get("id"): cell for cell in (head.cells if head else []) if cell.get("id")}
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        old = before.get(cell.get("id"))
+        if (fresh or cell.cell_type != "code" or old is None or old.cell_type != "code"
+                or old.source != cell.source or old.execution_count != cell.execution_count):
+            continue
+        numbers = not measured(cell)
+        if comparable(old.outputs, patterns, numbers) == comparable(cell.outputs, patterns, numbers):
+            cell.outputs = old.outputs
+    return nb
+
+
+def store(path, patterns, fresh=False):
+    """Run the notebook and write it back if the run is good; True if the file changed."""
+    stored, nb = execute(path)
+    check_run(nb)
+    nb = stabilise(stored, nb, committed(path), patterns, fresh)
+    text = nbformat.writes(nb) + "\n"
+    changed = text != path.read_text(encoding="utf-8")
+    if changed:
+        path.write_text(text, encoding="utf-8")
+    return changed
+
+
+def chosen(names):
+    every = sorted(NOTEBOOKS.glob(LESSON_GLOB))
+    if not names:
+        return every
+    picked = []
+    for name in names:
+        as_path = Path(name)
+        if as_path.suffix == ".ipynb" and as_path.exists():
+            picked.append(as_path.resolve())
+            continue
+        matches = [nb for nb in every if nb.name.startswith(name)]
+        if not matches:
+            known = ", ".join(nb.name[:2] for nb in every)
+            raise SystemExit(f"error: no notebook in notebooks/ starts with {name!r} (there are {known})")
+        picked += matches
+    return picked
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="*", metavar="NB",
+                        help="a lesson number (03), a name's start, or a notebook path; default: all")
+    parser.add_argument("--fresh", action="store_true",
+                        help="store every new output, also where only pictures or measured numbers differ")
+    args = parser.parse_args()
+    patterns = sanitize_patterns()
+    failed = 0
+    for path in chosen(args.notebooks):
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        try:
+            changed = store(path, patterns, args.fresh)
+        except Refused as e:
+            print(f"error: {shown}: {e}; the file is unchanged", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{shown}: {'new outputs stored' if changed else 'unchanged'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
