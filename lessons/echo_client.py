@@ -16,10 +16,11 @@ client says "server closed the connection" and exits with status 1.
 Payloads (--bytes N, with --clients K for several at once). The client opens all K
 connections first and says so ("connected K clients ..."); only then does each one send N
 random bytes, reading the echo while it sends (a client that wrote everything before
-reading would deadlock against any echo server once both sides' buffers are full), shut
-down its sending side and read until the server closes. It reports how many got every byte
-back intact. Connecting all of them before any sends lets you stop a server (Ctrl-Z),
-queue K clients in the kernel, and resume it: they all arrived while it was not looking.
+reading would deadlock against any echo server once both sides' buffers are full). Once
+all N bytes are back it shuts down its sending side and waits for the server to close. It
+reports how many clients got every byte back intact. Connecting all of them before any
+sends lets you stop a server (Ctrl-Z), queue K clients in the kernel and resume it (fg):
+they all arrived while it was not looking.
 
 UDP (--udp). Each line typed is one datagram; each answer is printed when it comes, with a
 note when it differs in length from what was sent. With --bytes N, each of the K clients
@@ -174,8 +175,14 @@ class Client:
         self.data = os.urandom(size)
         self.unsent = memoryview(self.data)
         self.got = bytearray()
+        self.half_closed = False  # we sent end of file (shutdown(SHUT_WR))
         self.done = False  # the server closed it (or it failed)
         self.error = None  # why it failed, if it did
+
+    def finish(self):
+        if not self.half_closed:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.half_closed = True
 
     def intact(self):
         return self.done and self.error is None and self.got == self.data
@@ -195,7 +202,7 @@ def send_payloads(host, port, size, count, timeout):
         if size:
             poller.register(fd, select.POLLIN | select.POLLOUT)
         else:
-            client.sock.shutdown(socket.SHUT_WR)
+            client.finish()  # nothing to send, nothing to wait for
             poller.register(fd, select.POLLIN)
     deadline = time.monotonic() + timeout
     waiting = count
@@ -212,7 +219,6 @@ def send_payloads(host, port, size, count, timeout):
                         sent = client.sock.send(client.unsent[:SEND_CHUNK])
                         client.unsent = client.unsent[sent:]
                         if not client.unsent:
-                            client.sock.shutdown(socket.SHUT_WR)  # "I am done sending"
                             poller.modify(fd, select.POLLIN)
                     if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
                         chunk = client.sock.recv(1 << 20)
@@ -220,6 +226,11 @@ def send_payloads(host, port, size, count, timeout):
                             client.got += chunk
                         else:  # the server finished with this client and closed
                             client.done = True
+                    if not client.unsent and len(client.got) >= size and not client.done:
+                        # Every byte is back: now say "I am done sending". Not earlier: the
+                        # end of file is an arrival too, and a server that stalls should
+                        # stall on the data alone, the same way every time.
+                        client.finish()
                 except BlockingIOError:
                     pass
                 except OSError as e:  # a reset, say: this one client failed
