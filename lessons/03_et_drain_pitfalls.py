@@ -51,6 +51,10 @@ RECV_SIZE = 64 * 1024  # bytes asked for by one recv() in the correct drain
 HIGH_WATER = 1 << 20  # unsent bytes at which we stop reading from that client...
 LOW_WATER = 256 * 1024  # ...and the level at which we read from it again
 BACKLOG = 1024  # connections the kernel may queue for us before accept()
+# accept() errors that say "out of file descriptors" (ours: EMFILE, the system's: ENFILE) or
+# "out of kernel memory": not this client's fault, and the next accept fails the same way.
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+RETRY_ACCEPT = 1.0  # seconds: while accept is paused, try again this often anyway
 
 # The pitfalls. Each one is a single early exit from a drain loop, marked PITFALL below.
 PITFALLS = ("accept", "recv", "send")
@@ -121,6 +125,9 @@ class EchoServer:
         self.ready = collections.deque()
         self.epoll = select.epoll()
         self.epoll.register(listener.fileno(), READABLE | self.edge)
+        self.listener_interest = READABLE
+        self.accept_paused = False  # out of fds: the listener is not watched (pause_accept)
+        self.retry_accept_at = 0.0  # when to try accept again if no connection closes first
         # The self-pipe: a signal handler cannot touch the loop, but Python writes the
         # signal number into this socket, which wakes epoll_wait like any client would.
         self.wake_r, self.wake_w = socket.socketpair()
@@ -146,8 +153,11 @@ class EchoServer:
                 return
             except ConnectionAbortedError:  # this client gave up while queued: next one
                 continue
-            except OSError as e:  # out of fds or memory: the clients still queued wait
-                self.log(f"accept failed: {e.strerror}")
+            except OSError as e:
+                if e.errno in OUT_OF_RESOURCES:
+                    self.pause_accept(e)
+                else:
+                    self.log(f"accept failed: {e.strerror}")
                 return
             sock.setblocking(False)
             conn = Connection(sock)
@@ -160,6 +170,27 @@ class EchoServer:
                 # PITFALL (--skip-drain accept): one accept per edge. The clients still in
                 # the queue made their edge already; nobody tells us about them again.
                 return
+
+    def pause_accept(self, error):
+        # Out of fds or memory: the clients still queued stay in the kernel's queue, and
+        # their arrival was reported already. When an fd is freed later nothing arrives on
+        # the listener, so they would wait for yet another client (a stall; level-triggered,
+        # the listener would be reported again at once, every pass: a spin). So stop
+        # watching the listener, and when close() frees an fd, add READABLE back with
+        # EPOLL_CTL_MOD, which re-checks readiness on the spot and reports the clients still
+        # queued. RETRY_ACCEPT bounds the pause (ENFILE and ENOMEM are freed by other
+        # processes). Unlike --skip-drain accept, this leaves clients queued only while
+        # accept cannot take them.
+        self.log(f"accept paused: {error.strerror}")
+        self.accept_paused = True
+        self.retry_accept_at = time.monotonic() + RETRY_ACCEPT
+        self.update_listener()
+
+    def resume_accept(self):
+        if self.accept_paused:
+            self.log("accept resumed")
+            self.accept_paused = False
+            self.update_listener()
 
     def on_readable(self, conn):
         # Drain: recv until EAGAIN. What is left unread now is not reported again until
@@ -239,6 +270,7 @@ class EchoServer:
         conn.closed = True
         self.epoll.unregister(conn.fd)  # before close: afterwards the fd number means nothing
         conn.sock.close()  # a copy left on self.ready is skipped: see serve_ready_list()
+        self.resume_accept()  # an fd is free again: a client still queued may have it
 
     def update_interest(self, conn):
         wanted = conn.wanted()
@@ -253,6 +285,21 @@ class EchoServer:
             conn.queued = True
             self.ready.append(conn)
 
+    def update_listener(self):
+        # The listener's interest, derived from state like a connection's. Adding READABLE
+        # back (EPOLL_CTL_MOD) re-checks readiness on the spot: clients queued meanwhile are
+        # reported at once, although no new edge came for them.
+        wanted = 0 if self.accept_paused else READABLE
+        if wanted != self.listener_interest:
+            self.epoll.modify(self.listener.fileno(), wanted | self.edge)
+            self.listener_interest = wanted
+
+    def poll_timeout(self):
+        """How long epoll_wait may sleep: forever (-1), unless accept waits for a retry."""
+        if not self.accept_paused:
+            return -1
+        return max(0.0, self.retry_accept_at - time.monotonic())
+
     # -- the loop -----------------------------------------------------------------------
 
     def serve(self):
@@ -260,7 +307,7 @@ class EchoServer:
         while self.running:
             # Sleep in the kernel only when our own ready list is empty. Otherwise just
             # collect what is new (timeout 0) and go on serving the list.
-            events = self.epoll.poll(0 if self.ready else -1)
+            events = self.epoll.poll(0 if self.ready else self.poll_timeout())
             if events:
                 self.log("wake " + " ".join(f"{fd}={mask_name(ev)}" for fd, ev in events))
             for fd, ev in events:
@@ -271,6 +318,8 @@ class EchoServer:
                 else:
                     self.dispatch(fd, ev)
             self.serve_ready_list()
+            if self.accept_paused and time.monotonic() >= self.retry_accept_at:
+                self.resume_accept()  # no connection closed meanwhile: try anyway
 
     def dispatch(self, fd, ev):
         conn = self.conns.get(fd)

@@ -1,6 +1,9 @@
-"""What every lesson script promises (shared/contract.md, "Every lesson script"), checked
-for each of them: the same promise, one test, every lesson."""
+"""What every lesson script promises (how it starts, listens, stops, fails, idles, and runs
+out of file descriptors), checked for each of them: the same promise, one test, every lesson."""
 
+import re
+import resource
+import select
 import signal
 import socket
 import subprocess
@@ -87,3 +90,111 @@ def test_standard_library_only(lesson):
     imported = {line.split()[1].split(".")[0] for line in source.splitlines()
                 if line.startswith(("import ", "from "))}
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+
+
+# -- out of file descriptors ---------------------------------------------------------------
+
+# Every lesson that accepts TCP connections (lesson 05 is UDP: nothing to accept).
+TCP_LESSONS = [lesson for lesson in LESSONS
+               if "SOCK_STREAM" in (harness.LESSONS / lesson).read_text()]
+FD_LIMIT = 64  # the server's soft RLIMIT_NOFILE in the exhaustion test
+QUEUED = 20  # clients beyond what the server can hold: they wait in the kernel's queue
+# One request every TCP lesson answers: the echo lessons send it back, the HTTP one says 200.
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def is_answer(data):
+    """True once `data` is a complete answer to REQUEST: its echo, or an HTTP response."""
+    if data == REQUEST:
+        return True
+    head, end, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head + b"\r\n")
+    return bool(end and head.startswith(b"HTTP/1.1 200 ") and length
+                and len(body) == int(length.group(1)))
+
+
+class Clients:
+    """Many clients of one server, each sending REQUEST once and collecting its answer."""
+
+    def __init__(self, server):
+        self.server, self.socks, self.got = server, [], []
+
+    def open(self, count):
+        for _ in range(count):
+            sock = self.server.connect()
+            self.socks.append(sock)
+            self.got.append(bytearray())
+            harness.send_all(sock, REQUEST)
+
+    def answered(self):
+        return {i for i, data in enumerate(self.got) if is_answer(data)}
+
+    def read_until(self, done, timeout=harness.IO_TIMEOUT):
+        """Read from the open clients until done(answered) holds; Stalled at the deadline."""
+        deadline = time.monotonic() + timeout
+        while not done(self.answered()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waiting = len(self.socks) - len(self.answered())
+                raise harness.Stalled(f"{waiting} clients still unanswered after {timeout:g} s")
+            waiting = [s for i, s in enumerate(self.socks)
+                       if s.fileno() >= 0 and i not in self.answered()]
+            for sock in select.select(waiting, [], [], min(left, 0.5))[0]:
+                data = sock.recv(4096)
+                assert data, "the server closed a client it had not answered"
+                self.got[self.socks.index(sock)] += data
+        return self.answered()
+
+    def everyone_answered(self):
+        self.read_until(lambda answered: len(answered) == len(self.socks))
+
+    def close(self, indices):
+        for i in indices:
+            self.socks[i].close()
+
+    def close_all(self):
+        self.close(range(len(self.socks)))
+
+
+@pytest.mark.parametrize("lesson", TCP_LESSONS)
+def test_out_of_fds_no_spin_and_queued_clients_served_later(start, lesson):
+    # accept() that fails with EMFILE leaves the client queued and the listener ready: a
+    # level-triggered loop is woken again at once, forever (a spin), and an edge-triggered
+    # one is never told again about the clients already queued (a stall).
+    server = start(lesson)
+    _, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (FD_LIMIT, hard))
+    own_fds = server.open_fds()  # listener, epoll, signal wake-up, stdio...
+    room = FD_LIMIT - own_fds
+    clients = Clients(server)
+    try:
+        clients.open(room + QUEUED)
+        answered = clients.read_until(lambda answered: len(answered) >= room)
+        assert len(answered) == room and server.open_fds() == FD_LIMIT  # the rest queue
+
+        # A measuring window: out of fds, the server has nothing to do. A spin gets its
+        # share of a CPU even on a busy machine, far more than this bound.
+        cpu = server.cpu_seconds_over(1.0)
+        assert cpu <= 0.05, f"{cpu:.2f} CPU seconds in 1 s while out of fds: a spin"
+
+        # Clients leave: the fds they free go to the clients still queued.
+        clients.close(sorted(answered)[:QUEUED + 5])
+        clients.everyone_answered()
+    finally:
+        clients.close_all()
+    harness.wait_until(lambda: server.open_fds() == own_fds, what="every client closed")
+
+    # Out of fds with no client of ours that could leave (as when the whole system is out,
+    # ENFILE); then fds come free elsewhere (here: the limit goes up). No close tells the
+    # server, yet the clients queued meanwhile must be served.
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (own_fds, hard))
+    late = Clients(server)
+    try:
+        late.open(QUEUED)
+        assert not select.select(late.socks, [], [], harness.QUIET)[0]  # out of fds: queued
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (FD_LIMIT, hard))
+        late.everyone_answered()
+    finally:
+        late.close_all()
+    assert server.alive()
