@@ -5,20 +5,19 @@ on asyncio's event loop and on uvloop's, in one run, under the same load: 64-byt
 50 connections, each waiting for its echo before it sends the next (a closed loop: a server
 cannot win by batching what nobody waits for).
 
-Two load generators, written in C and differently (echo_load.c: epoll, one recv per event;
-echo_poll.c: poll, reads until EAGAIN, checks every echo byte for byte), measure every server;
-both figures are printed, so a figure that depends on the tool shows itself. Rounds alternate
-between servers and between generators; each figure is the median of its rounds, with the
-spread (lowest to highest) beside it, and the machine's load average before and after.
+Two load generators, both in C but built differently (echo_load.c: epoll, one recv per
+event; echo_poll.c: poll, every echo checked byte for byte), measure every server, and both
+figures are printed: a figure that depends on the tool shows itself. Rounds alternate between
+servers and between generators; each figure is the median of its rounds, printed with the
+lowest and the highest, and the ratios to asyncio are taken round by round.
 
-    .venv/bench/bin/python tools/bench/echo_bench.py [--rounds 5] [--seconds 2]
+    .venv/bench/bin/python tools/bench/echo_bench.py [--rounds 5] [--seconds 2] [--no-pin]
 
 This is a benchmark, not a test: it prints numbers and asserts nothing about them. The numbers
-depend on the machine (and on whatever else it is doing).
+depend on the machine, and on whatever else it is doing (the load average is printed).
 """
 
 import argparse
-from contextlib import ExitStack
 import os
 import shutil
 import statistics
@@ -26,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,15 +39,16 @@ SERVERS = [
     ("asyncio", "an asyncio Protocol", [HERE / "asyncio_echo.py", "--loop", "asyncio"]),
     ("uvloop", "the same on uvloop", [HERE / "asyncio_echo.py", "--loop", "uvloop"]),
 ]
-BASE = "asyncio"
-GENERATORS = ["echo_load", "echo_poll"]
-AGREE = 0.25  # two generators further apart than this: say so beside the figure
+BASE = "asyncio"  # the ratios are to this one
+GENERATORS = ["echo_load", "echo_poll"]  # tools/bench/NAME.c, same arguments, same output
+AGREE = 0.25  # two generators' medians further apart than this: not a figure to trust
+WARM_UP = 0.3  # seconds of each generator against each server before anything is counted
 
 
 def build(folder):
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        sys.exit("echo_bench: error: no C compiler (cc or gcc) for the load generators; "
+        sys.exit("echo_bench: error: no C compiler (cc or gcc) to build the load generators; "
                  "on Debian or Ubuntu: sudo apt-get install gcc")
     binaries = {}
     for name in GENERATORS:
@@ -64,9 +65,29 @@ def loadavg():
     return Path("/proc/loadavg").read_text().split()[0]
 
 
+def pin(servers):
+    """The server on the first CPU, the load generators on the last; None when not pinned.
+
+    Where each process runs changes the figure. Measured on a 2-core machine, 1 s runs of
+    lesson 01 alternating between placements: both on one core, the scheduler's choice, and
+    one core each gave medians 50k, 36k and 28k messages/s (under a load average of 8; on a
+    quiet machine the order differs but the spread stays). Left to the scheduler, a figure
+    depends on where things happened to land. Sharing one core would charge each generator's
+    own cost to the server, and the two generators cost differently. So each server gets a
+    core to itself, and the generators (started by this process) the other."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    for server in servers:
+        os.sched_setaffinity(server.pid, {cpus[0]})  # each server is one thread
+    os.sched_setaffinity(0, {cpus[-1]})  # inherited by every generator started from here
+    return cpus[0], cpus[-1]
+
+
 def measure(binary, server, args, seconds):
     """One run of one load generator against one server: messages per second, and the share
-    of one CPU that the server and the generator each used while it ran."""
+    of one core that the server (over the whole run) and the generator (while it counted)
+    used."""
     before = server.cpu_seconds()
     started = time.monotonic()
     result = subprocess.run(
@@ -74,10 +95,10 @@ def measure(binary, server, args, seconds):
         capture_output=True, text=True, timeout=seconds + 30)
     wall = time.monotonic() - started
     if result.returncode != 0:
-        raise RuntimeError(f"{binary.name} failed against {server.script.name}: "
-                           f"{result.stderr.strip()}")
+        raise SystemExit(f"echo_bench: error: {binary.name} against {server.script.name}: "
+                         f"{result.stderr.strip()}")
     if not server.alive():
-        raise RuntimeError(f"{server.script.name} died:\n{server.output()}")
+        raise SystemExit(f"echo_bench: error: {server.script.name} died:\n{server.output()}")
     fields = result.stdout.split()
     messages, elapsed, cpu = int(fields[1]), float(fields[3]), float(fields[5])
     return messages / elapsed, (server.cpu_seconds() - before) / wall, cpu / elapsed
@@ -91,92 +112,103 @@ def spread(values):
     return mid, min(values), max(values), off
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--size", type=int, default=64, help="bytes per message (24 or more)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="length of one measurement")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--pin", choices=["none", "split", "same"], default="none")
-    args = parser.parse_args()
-    if args.connections < 1 or args.size < 24 or args.seconds <= 0 or args.rounds < 1:
-        parser.error("--connections, --seconds and --rounds must be positive, --size at least 24")
-
-    print(f"echo benchmark: {args.size}-byte messages, {args.connections} connections, one "
-          f"message in flight on each;\n{args.rounds} rounds of {args.seconds:g} s per server "
-          f"and load generator, generators {' and '.join(GENERATORS)}\nservers: "
-          + ", ".join(f"{name} ({what})" for name, what, _ in SERVERS)
-          + f"\nload average {loadavg()} at the start", flush=True)
-    rates = {(s, g): [] for s, *_ in SERVERS for g in GENERATORS}
-    server_cpu = {key: [] for key in rates}
-    load_cpu = {key: [] for key in rates}
+def run(args):
+    """Every round measures every server with both generators; the order of the generators
+    alternates from round to round. Returns {(server, generator): [(rate, server CPU,
+    generator CPU), one per round]}."""
+    results = {(name, gen): [] for name, *_ in SERVERS for gen in GENERATORS}
     with tempfile.TemporaryDirectory(prefix="echo-bench-") as tmp, ExitStack() as stack:
         binaries = build(tmp)
-        servers = {}
-        for name, _, server_args in SERVERS:
-            servers[name] = stack.enter_context(harness.start(*server_args))
-        cpus = sorted(os.sched_getaffinity(0))
-        if args.pin != "none" and len(cpus) >= 2:
-            for server in servers.values():
-                os.sched_setaffinity(server.pid, {cpus[0]})
-            os.sched_setaffinity(0, {cpus[-1] if args.pin == "split" else cpus[0]})
-        # Warm-up. Besides the usual (code paths, caches), this matters for asyncio: its
-        # transport reads with recv(256 KiB), and a 256 KiB block is more than glibc's malloc
-        # first serves from its heap (128 KiB), so every read of a fresh server costs an
-        # mmap, an mremap (to the 64 bytes that came) and a munmap. The first read that meets
-        # an EOF frees a whole 256 KiB block; glibc then raises its threshold and serves every
-        # later read from the heap, three system calls fewer. A fresh asyncio server measured
-        # at once (as this benchmark once did) ran at a third of its speed; measured after any
-        # connection had closed (run by hand, a second time), at full speed. A server in
-        # service has seen many connections close, so every server here first serves one
-        # short run of each generator, whose connections then close, before any is counted.
+        servers = {name: stack.enter_context(harness.start(*server_args))
+                   for name, _, server_args in SERVERS}
+        cores = None if args.no_pin else pin(servers.values())
+        print(f"servers on CPU {cores[0]}, load generators on CPU {cores[1]}" if cores else
+              "not pinned: the scheduler places the servers and the load generators")
+        # The warm-up matters most for asyncio: its transport reads with recv(256 KiB), and
+        # glibc's malloc first serves a block that large (over its 128 KiB threshold) with
+        # mmap. So each read of a fresh asyncio server costs an mmap, an mremap (shrinking
+        # the block to the 64 bytes that came) and a munmap, as strace -c shows. The first
+        # read that meets an EOF frees a whole 256 KiB block instead; glibc then raises its
+        # threshold and serves every later read from its heap, three system calls fewer.
+        # Measured here, a fresh asyncio server ran at 30-40k messages/s and the same server
+        # after one closed connection at 120-170k: a benchmark that counted right away (as
+        # this one once did) measured asyncio at a third of its speed, while one run by hand,
+        # a second time against the same server, did not. A server in service has seen many
+        # connections close; so every server here first serves a short run of each
+        # generator, whose connections then close, before any round is counted.
         for server in servers.values():
             for gen in GENERATORS:
-                measure(binaries[gen], server, args, 0.3)
-        for round_number in range(args.rounds):
-            order = GENERATORS if round_number % 2 == 0 else GENERATORS[::-1]
+                measure(binaries[gen], server, args, WARM_UP)
+        for round_number in range(1, args.rounds + 1):
+            order = GENERATORS if round_number % 2 else GENERATORS[::-1]
             for name, *_ in SERVERS:
                 for gen in order:
-                    rate, scpu, lcpu = measure(binaries[gen], servers[name], args, args.seconds)
-                    rates[name, gen].append(rate)
-                    server_cpu[name, gen].append(scpu)
-                    load_cpu[name, gen].append(lcpu)
-            print(f"  round {round_number + 1} of {args.rounds} done, load average {loadavg()}",
+                    results[name, gen].append(
+                        measure(binaries[gen], servers[name], args, args.seconds))
+            print(f"  round {round_number} of {args.rounds} done, load average {loadavg()}",
                   flush=True)
+    return results
 
-    print(f"\nmessages per second: the median of {args.rounds} rounds, the lowest and highest, "
-          f"and how far the\nfarthest round lay from the median; CPU: the share of one core "
-          f"used by the server / the generator")
-    print(f"{'server':<11}{'generator':<11}{'messages/s':>11}{'lowest-highest':>22}{'within':>8}"
-          f"{'CPU':>13}")
-    for name, what, _ in SERVERS:
+
+def report(results, args):
+    rates = {key: [rate for rate, _, _ in runs] for key, runs in results.items()}
+    print(f"\nmessages per second: the median of {args.rounds} rounds, the lowest and the "
+          f"highest, and how far\nthe farthest round lay from the median. Per server "
+          f"CPU-second: messages/s over the server's\nCPU share (near 100% when the server "
+          f"is what limits; less sensitive to a busy machine).\nCPU: the share of one core "
+          f"used by the server / by the load generator.")
+    print(f"{'server':<11}{'generator':<11}{'messages/s':>11}{'lowest-highest':>20}"
+          f"{'within':>8}{'per CPU-s':>11}{'CPU':>13}")
+    for name, *_ in SERVERS:
         medians = []
         for i, gen in enumerate(GENERATORS):
             mid, lo, hi, off = spread(rates[name, gen])
             medians.append(mid)
-            cpu = (f"{statistics.median(server_cpu[name, gen]):.0%} / "
-                   f"{statistics.median(load_cpu[name, gen]):.0%}")
+            server_cpu = statistics.median(s for _, s, _ in results[name, gen])
+            load_cpu = statistics.median(g for _, _, g in results[name, gen])
+            per_cpu = statistics.median(r / s for r, s, _ in results[name, gen] if s > 0)
             print(f"{name if i == 0 else '':<11}{gen:<11}{mid:>11,.0f}"
-                  f"{f'{lo:,.0f}-{hi:,.0f}':>22}{f'+-{off:.0%}':>8}{cpu:>13}")
+                  f"{f'{lo:,.0f}-{hi:,.0f}':>20}{f'+-{off:.0%}':>8}{per_cpu:>11,.0f}"
+                  f"{f'{server_cpu:.0%} / {load_cpu:.0%}':>13}")
         gap = max(medians) / min(medians) - 1 if min(medians) else float("inf")
-        print(f"{'':<11}the two medians lie {gap:.0%} apart"
-              + (f": more than {AGREE:.0%}, not a figure to trust (a busy machine, or a "
-                 f"generator slower than the server)" if gap > AGREE else ""))
+        print(f"{'':<11}the two generators' medians lie {gap:.0%} apart"
+              + (f": more than {AGREE:.0%}, not a figure to trust" if gap > AGREE else ""))
 
-    print(f"\nratio to {BASE}: each round's figure over {BASE}'s in the same round, "
-          f"median (lowest-highest)")
+    print(f"\nratio to {BASE}: each round's figure over {BASE}'s in the same round, by the "
+          f"same generator;\nthe median of the rounds (lowest-highest)")
     print(f"{'server':<11}" + "".join(f"{gen:>22}" for gen in GENERATORS))
-    for name, what, _ in SERVERS:
+    for name, *_ in SERVERS:
         if name == BASE:
             continue
         cells = []
         for gen in GENERATORS:
             mid, lo, hi, _ = spread([a / b for a, b in zip(rates[name, gen], rates[BASE, gen])])
             cells.append(f"{mid:.2f}x ({lo:.2f}-{hi:.2f})")
-        print(f"{name:<11}" + "".join(f"{c:>22}" for c in cells))
-    print(f"\nload average {loadavg()} at the end. The figures depend on the machine; a busy "
-          f"machine lowers them\nand widens their spread. A server near 100% CPU is what "
-          f"was measured.")
+        print(f"{name:<11}" + "".join(f"{cell:>22}" for cell in cells))
+    print(f"\nload average {loadavg()} at the end. These figures belong to this machine as it "
+          f"was during the run;\na busy machine lowers them and widens their spread.")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--size", type=int, default=64, help="bytes per message (24 or more)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one measurement")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-pin", action="store_true",
+                        help="leave the servers and the load generators to the scheduler")
+    args = parser.parse_args()
+    if not (1 <= args.connections <= 10000 and 24 <= args.size <= 65536
+            and 0 < args.seconds <= 60 and 1 <= args.rounds <= 100):
+        parser.error("--connections 1 to 10000, --size 24 to 65536, --seconds up to 60, "
+                     "--rounds 1 to 100")
+    print(f"echo benchmark: {args.size}-byte messages, {args.connections} connections, one "
+          f"message in flight on each;\n{args.rounds} rounds of {args.seconds:g} s per server "
+          f"and load generator ({' and '.join(GENERATORS)})\nservers: "
+          + ", ".join(f"{name} ({what})" for name, what, _ in SERVERS)
+          + f"\nload average {loadavg()} at the start", flush=True)
+    report(run(args), args)
+
 
 if __name__ == "__main__":
     main()
