@@ -743,16 +743,30 @@ def wait_in_epoll_wait(server: Server, timeout: float = IO_TIMEOUT) -> None:
 # -- what the kernel holds for a connection, and a client that reads slowly (notebooks 03, 04) --
 
 def unread_bytes(server: Server, client: socket.socket) -> int:
-    """Bytes the kernel holds for the server on its side of `client`'s TCP connection that
-    the server has not read yet (rx_queue of that socket in /proc/net/tcp, tcp6)."""
-    local, peer = client.getsockname()[1], client.getpeername()[1]
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if (int(fields[1].rsplit(":", 1)[1], 16) == peer
-                    and int(fields[2].rsplit(":", 1)[1], 16) == local):
-                return int(fields[4].split(":")[1], 16)
-    raise LookupError(f"no server-side socket for client port {local} in /proc/net/tcp")
+    """Bytes that arrived on the server's side of `client`'s TCP connection and that the
+    server has not read yet: the kernel's own count (what `ss -tn` shows as Recv-Q, and
+    /proc/net/tcp as rx_queue), asked for that one socket through sock_diag netlink."""
+    local, peer = client.getpeername(), client.getsockname()  # the server's side: swapped
+    family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
+
+    def address(host):
+        packed = socket.inet_pton(family, host)
+        return packed + bytes(16 - len(packed))
+
+    no_cookie = 0xFFFFFFFF
+    sockid = (struct.pack("!HH", local[1], peer[1]) + address(local[0]) + address(peer[0])
+              + struct.pack("=III", 0, no_cookie, no_cookie))
+    request = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF) + sockid
+    by_family, flag_request, netlink_sock_diag = 20, 1, 4  # linux/sock_diag.h, netlink.h
+    message = struct.pack("=IHHII", 16 + len(request), by_family, flag_request, 1, 0) + request
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, netlink_sock_diag) as nl:
+        nl.settimeout(IO_TIMEOUT)
+        nl.sendto(message, (0, 0))
+        reply = nl.recv(65536)
+    if struct.unpack_from("=H", reply, 4)[0] != by_family:  # an error message instead
+        raise LookupError(f"the kernel knows no socket {local} -> {peer}")
+    # struct inet_diag_msg after the 16-byte header: 4 bytes, the 48-byte id, expires, rqueue
+    return struct.unpack_from("=I", reply, 16 + 4 + 48 + 4)[0]
 
 
 def slow_reader(server: Server, size: int = 24 << 20, read_size: int = 1024,
