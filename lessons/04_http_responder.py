@@ -175,6 +175,21 @@ def parse_head(head):
     return Request(method, target, version, path, keep_alive, length or 0, expect_continue)
 
 
+def ends_with_bare_lf(inbox, start, end):
+    """True if the head from `start` ends in an empty line that uses a bare LF, before the
+    CRLF CRLF at `end` (or anywhere, if end is -1: none has come yet).
+
+    RFC 9112 2.2 lets a recipient take a lone LF as the end of a line; under that rule a
+    head also ends at LF LF, or at a line ended by LF and then CR LF. We refuse bare LF
+    (400), as we refuse obsolete line folding: when a proxy and the server behind it
+    disagree on where a line or a head ends, one request to the proxy can be two requests
+    to the server (request smuggling). But the end must be seen at once: a server that
+    looks only for CRLF CRLF leaves such a client waiting, unanswered, until its timeout.
+    """
+    stop = len(inbox) if end < 0 else end + 2  # an LF just before the CRLF CRLF counts too
+    return inbox.find(b"\n\n", start, stop) >= 0 or inbox.find(b"\n\r\n", start, stop) >= 0
+
+
 def build_response(status, headers, body, date, head_only=False):
     """The bytes of one response; Content-Length always, so keep-alive framing holds."""
     status_line = b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status].encode())
@@ -367,11 +382,11 @@ class HttpServer:
                     while inbox.startswith(b"\r\n", pos):  # RFC 9112 2.2: skip stray CRLFs
                         pos += 2
                     end = inbox.find(END_OF_HEAD, pos)
+                    if ends_with_bare_lf(inbox, pos, end):
+                        raise HttpError(400, "lines must end with CRLF")
                     if end < 0:  # the head is not complete yet
                         if len(inbox) - pos > self.max_header_bytes:
                             raise HttpError(431, "the request head is over the limit")
-                        if inbox.find(b"\n\n", pos) >= 0:
-                            raise HttpError(400, "lines must end with CRLF")
                         break
                     if end - pos > self.max_header_bytes:
                         raise HttpError(431, "the request head is over the limit")

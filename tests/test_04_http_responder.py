@@ -381,3 +381,47 @@ def test_client_leaving_without_a_request_costs_no_cpu(server):
         assert harness.recv_until_quiet(probe, quiet=0.3) == b""
     assert server.cpu_seconds() - before < 0.1
     assert urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10).read() == HELLO
+
+
+# -- bare LF: a head whose end is plain under RFC 9112 2.2's LF rule -------------------------
+
+BARE_LF_HEADS = {
+    "request line ends in LF": b"GET / HTTP/1.0\n\r\n",
+    "last header line ends in LF": b"GET / HTTP/1.1\r\nHost: x\n\r\n",
+    "every line ends in LF": b"GET / HTTP/1.0\n\n",
+    "empty line is a bare LF": b"GET / HTTP/1.1\r\nHost: x\r\n\n",
+}
+
+
+@pytest.mark.parametrize("name", BARE_LF_HEADS)
+def test_head_ended_by_bare_lf_is_refused_at_once(server, name):
+    # A parser that looks only for CRLF CRLF never sees these heads end: no answer until the
+    # idle timeout (5 s). The lesson refuses bare LF, and says so as soon as the head ends.
+    with server.connect() as sock:
+        harness.send_all(sock, get() + BARE_LF_HEADS[name])  # a good request first
+        reply = harness.recv_until_eof(sock, timeout=1.0)
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+    second = reply[reply.index(HELLO) + len(HELLO):]
+    assert second.startswith(b"HTTP/1.1 400 ") and b"CRLF" in second, second[:80]
+    assert b"Connection: close\r\n" in second
+
+
+def test_bare_lf_head_sent_byte_by_byte_is_refused_on_its_last_byte(server):
+    head = BARE_LF_HEADS["last header line ends in LF"]
+    with server.connect() as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(head) - 1):
+            harness.send_all(sock, head[i:i + 1])
+        assert harness.recv_until_quiet(sock, quiet=0.2) == b""  # not complete: it waits
+        harness.send_all(sock, head[-1:])
+        assert harness.recv_until_eof(sock, timeout=1.0).startswith(b"HTTP/1.1 400 ")
+
+
+def test_lf_before_the_crlf_crlf_of_a_pipelined_request_is_refused(server):
+    # Under the LF rule the first head ends at its LF CR LF; taking CRLF CRLF as the end
+    # would glue it to the request behind it.
+    with server.connect() as sock:
+        harness.send_all(sock, b"GET / HTTP/1.1\r\nHost: x\n\r\n" + get())
+        reply = harness.recv_until_eof(sock, timeout=1.0)
+    assert reply.startswith(b"HTTP/1.1 400 ") and reply.count(b"HTTP/1.1 ") == 1, reply[:120]
+    assert b"lines must end with CRLF" in reply  # not a glued head's "control characters"
