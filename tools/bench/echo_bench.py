@@ -42,6 +42,7 @@ SERVERS = [
 BASE = "asyncio"  # the ratios are to this one
 GENERATORS = ["echo_load", "echo_poll"]  # tools/bench/NAME.c, same arguments, same output
 AGREE = 0.25  # two generators' medians further apart than this: not a figure to trust
+GENERATOR_LIMIT = 0.9  # a generator using this share of its core or more may be what limits
 WARM_UP = 0.3  # seconds of each generator against each server before anything is counted
 
 
@@ -68,13 +69,13 @@ def loadavg():
 def pin(servers):
     """The server on the first CPU, the load generators on the last; None when not pinned.
 
-    Where each process runs changes the figure. Measured on a 2-core machine, 1 s runs of
-    lesson 01 alternating between placements: both on one core, the scheduler's choice, and
-    one core each gave medians 50k, 36k and 28k messages/s (under a load average of 8; on a
-    quiet machine the order differs but the spread stays). Left to the scheduler, a figure
-    depends on where things happened to land. Sharing one core would charge each generator's
-    own cost to the server, and the two generators cost differently. So each server gets a
-    core to itself, and the generators (started by this process) the other."""
+    Where each process runs changes the figure. On a 2-core machine (busy, load average 8),
+    1 s runs of lesson 01 alternating between placements gave medians of 50k messages/s with
+    both on one core, 36k left to the scheduler, 28k on one core each. Left to the
+    scheduler, a figure depends on where things happened to land; sharing one core would
+    charge each generator's own cost to the server, and the two generators cost differently.
+    So each server gets a core to itself, and the generators (started by this process) the
+    other."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None
@@ -152,6 +153,8 @@ def run(args):
 
 def report(results, args):
     rates = {key: [rate for rate, _, _ in runs] for key, runs in results.items()}
+    per_cpu = {key: [rate / s if s > 0 else 0.0 for rate, s, _ in runs]
+               for key, runs in results.items()}
     print(f"\nmessages per second: the median of {args.rounds} rounds, the lowest and the "
           f"highest, and how far\nthe farthest round lay from the median. Per server "
           f"CPU-second: messages/s over the server's\nCPU share (near 100% when the server "
@@ -159,6 +162,7 @@ def report(results, args):
           f"used by the server / by the load generator.")
     print(f"{'server':<11}{'generator':<11}{'messages/s':>11}{'lowest-highest':>20}"
           f"{'within':>8}{'per CPU-s':>11}{'CPU':>13}")
+    limited = False
     for name, *_ in SERVERS:
         medians = []
         for i, gen in enumerate(GENERATORS):
@@ -166,25 +170,36 @@ def report(results, args):
             medians.append(mid)
             server_cpu = statistics.median(s for _, s, _ in results[name, gen])
             load_cpu = statistics.median(g for _, _, g in results[name, gen])
-            per_cpu = statistics.median(r / s for r, s, _ in results[name, gen] if s > 0)
+            efficiency = statistics.median(per_cpu[name, gen])
+            busy = load_cpu >= GENERATOR_LIMIT
+            limited = limited or busy
             print(f"{name if i == 0 else '':<11}{gen:<11}{mid:>11,.0f}"
-                  f"{f'{lo:,.0f}-{hi:,.0f}':>20}{f'+-{off:.0%}':>8}{per_cpu:>11,.0f}"
-                  f"{f'{server_cpu:.0%} / {load_cpu:.0%}':>13}")
+                  f"{f'{lo:,.0f}-{hi:,.0f}':>20}{f'+-{off:.0%}':>8}{efficiency:>11,.0f}"
+                  f"{f'{server_cpu:.0%} / {load_cpu:.0%}':>13}" + (" *" if busy else ""))
         gap = max(medians) / min(medians) - 1 if min(medians) else float("inf")
         print(f"{'':<11}the two generators' medians lie {gap:.0%} apart"
               + (f": more than {AGREE:.0%}, not a figure to trust" if gap > AGREE else ""))
 
+    if limited:
+        print(f"* the load generator used {GENERATOR_LIMIT:.0%} or more of its core: it was near "
+              f"its own limit, and the\n  server may be faster than this figure.")
     print(f"\nratio to {BASE}: each round's figure over {BASE}'s in the same round, by the "
           f"same generator;\nthe median of the rounds (lowest-highest)")
-    print(f"{'server':<11}" + "".join(f"{gen:>22}" for gen in GENERATORS))
+    print(f"{'':<11}{'messages/s':^40}{'per server CPU-second':^40}".rstrip())
+    print(f"{'server':<11}" + "".join(f"{gen:>20}" for gen in GENERATORS * 2))
     for name, *_ in SERVERS:
         if name == BASE:
             continue
         cells = []
-        for gen in GENERATORS:
-            mid, lo, hi, _ = spread([a / b for a, b in zip(rates[name, gen], rates[BASE, gen])])
-            cells.append(f"{mid:.2f}x ({lo:.2f}-{hi:.2f})")
-        print(f"{name:<11}" + "".join(f"{cell:>22}" for cell in cells))
+        for figures in (rates, per_cpu):
+            for gen in GENERATORS:
+                ratios = [a / b for a, b in zip(figures[name, gen], figures[BASE, gen]) if b]
+                if not ratios:  # asyncio completed nothing: no ratio to give
+                    cells.append("-")
+                    continue
+                mid, lo, hi, _ = spread(ratios)
+                cells.append(f"{mid:.2f}x ({lo:.2f}-{hi:.2f})")
+        print(f"{name:<11}" + "".join(f"{cell:>20}" for cell in cells))
     print(f"\nload average {loadavg()} at the end. These figures belong to this machine as it "
           f"was during the run;\na busy machine lowers them and widens their spread.")
 
