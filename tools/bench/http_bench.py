@@ -286,10 +286,6 @@ def main() -> int:
             for contender in found:
                 try:
                     contender.start(server_cpu)
-                    # The warm-up's connections close before anything is counted. That
-                    # matters to asyncio servers (aiohttp here): until one connection has
-                    # closed, each of their reads costs three extra system calls (see
-                    # echo_bench.py, at its warm-up).
                     if args.warmup > 0:
                         run_wrk(wrk, contender.port, args.warmup, args.connections, client_cpu)
                     running.append(contender)
