@@ -62,6 +62,10 @@ def build(folder):
     return binaries
 
 
+def plural(n, word):
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def loadavg():
     return Path("/proc/loadavg").read_text().split()[0]
 
@@ -127,16 +131,18 @@ def run(args):
               "not pinned: the scheduler places the servers and the load generators")
         # The warm-up matters most for asyncio: its transport reads with recv(256 KiB), and
         # glibc's malloc first serves a block that large (over its 128 KiB threshold) with
-        # mmap. So each read of a fresh asyncio server costs an mmap, an mremap (shrinking
+        # mmap. So each read of this fresh asyncio server costs an mmap, an mremap (shrinking
         # the block to the 64 bytes that came) and a munmap, as strace -c shows. The first
         # read that meets an EOF frees a whole 256 KiB block instead; glibc then raises its
         # threshold and serves every later read from its heap, three system calls fewer.
-        # Measured here, a fresh asyncio server ran at 30-40k messages/s and the same server
-        # after one closed connection at 120-170k: a benchmark that counted right away (as
-        # this one once did) measured asyncio at a third of its speed, while one run by hand,
-        # a second time against the same server, did not. A server in service has seen many
-        # connections close; so every server here first serves a short run of each
-        # generator, whose connections then close, before any round is counted.
+        # (Any large block freed does it: whether a process starts fast or slow depends on
+        # its history.) Measured here, a fresh asyncio server ran at 30-40k messages/s and
+        # the same server, after one run's connections had closed, at 130-170k. This benchmark
+        # once started a fresh server for each round and counted before any connection had
+        # closed: it measured asyncio at a third of its speed (a second run by hand against
+        # the same server did not). A server in service
+        # has seen many connections close; so every server here first serves a short run of
+        # each generator, whose connections then close, before any round is counted.
         for server in servers.values():
             for gen in GENERATORS:
                 measure(binaries[gen], server, args, WARM_UP)
@@ -155,7 +161,7 @@ def report(results, args):
     rates = {key: [rate for rate, _, _ in runs] for key, runs in results.items()}
     per_cpu = {key: [rate / s if s > 0 else 0.0 for rate, s, _ in runs]
                for key, runs in results.items()}
-    print(f"\nmessages per second: the median of {args.rounds} rounds, the lowest and the "
+    print(f"\nmessages per second: the median of {plural(args.rounds, "round")}, the lowest and the "
           f"highest, and how far\nthe farthest round lay from the median. Per server "
           f"CPU-second: messages/s over the server's\nCPU share (near 100% when the server "
           f"is what limits; less sensitive to a busy machine).\nCPU: the share of one core "
@@ -218,7 +224,7 @@ def main():
         parser.error("--connections 1 to 10000, --size 24 to 65536, --seconds up to 60, "
                      "--rounds 1 to 100")
     print(f"echo benchmark: {args.size}-byte messages, {args.connections} connections, one "
-          f"message in flight on each;\n{args.rounds} rounds of {args.seconds:g} s per server "
+          f"message in flight on each;\n{plural(args.rounds, "round")} of {args.seconds:g} s per server "
           f"and load generator ({' and '.join(GENERATORS)})\nservers: "
           + ", ".join(f"{name} ({what})" for name, what, _ in SERVERS)
           + f"\nload average {loadavg()} at the start", flush=True)
