@@ -161,8 +161,8 @@ def report(results, args):
     rates = {key: [rate for rate, _, _ in runs] for key, runs in results.items()}
     per_cpu = {key: [rate / s if s > 0 else 0.0 for rate, s, _ in runs]
                for key, runs in results.items()}
-    print(f"\nmessages per second: the median of {plural(args.rounds, "round")}, the lowest and the "
-          f"highest, and how far\nthe farthest round lay from the median. Per server "
+    print(f"\nmessages per second: the median of {plural(args.rounds, 'round')}, the lowest "
+          f"and the highest, and how far\nthe farthest round lay from the median. Per server "
           f"CPU-second: messages/s over the server's\nCPU share (near 100% when the server "
           f"is what limits; less sensitive to a busy machine).\nCPU: the share of one core "
           f"used by the server / by the load generator.")
@@ -224,8 +224,8 @@ def main():
         parser.error("--connections 1 to 10000, --size 24 to 65536, --seconds up to 60, "
                      "--rounds 1 to 100")
     print(f"echo benchmark: {args.size}-byte messages, {args.connections} connections, one "
-          f"message in flight on each;\n{plural(args.rounds, "round")} of {args.seconds:g} s per server "
-          f"and load generator ({' and '.join(GENERATORS)})\nservers: "
+          f"message in flight on each;\n{plural(args.rounds, 'round')} of {args.seconds:g} s "
+          f"per server and load generator ({' and '.join(GENERATORS)})\nservers: "
           + ", ".join(f"{name} ({what})" for name, what, _ in SERVERS)
           + f"\nload average {loadavg()} at the start", flush=True)
     report(run(args), args)
