@@ -45,15 +45,16 @@ static double clock_now(void) {
 static double cpu_used(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec
+           + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
+/* One line on stderr and exit status 2; errno is named when it is set (0: not a system call). */
 static void fail(const char *what, int conn_number) {
-    if (conn_number >= 0)
-        fprintf(stderr, "echo_poll: connection %d: %s%s%s\n", conn_number, what,
-                errno ? ": " : "", errno ? strerror(errno) : "");
-    else
-        fprintf(stderr, "echo_poll: %s%s%s\n", what, errno ? ": " : "", errno ? strerror(errno) : "");
+    int e = errno;
+    fprintf(stderr, "echo_poll: ");
+    if (conn_number >= 0) fprintf(stderr, "connection %d: ", conn_number);
+    fprintf(stderr, "%s%s%s\n", what, e ? ": " : "", e ? strerror(e) : "");
     exit(2);
 }
 
