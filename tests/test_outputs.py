@@ -37,16 +37,16 @@ tool = sys.modules["outputs_tool"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tool)
 
 
-def run(path, *args, capsys):
+def run(path, *args, capfd):
     """`python tools/outputs.py path args`, in this process (a kernel start is cost enough)."""
-    capsys.readouterr()
+    capfd.readouterr()
     argv = sys.argv
     sys.argv = ["tools/outputs.py", str(path), *args]
     try:
         status = tool.main()
     finally:
         sys.argv = argv
-    return status, capsys.readouterr()
+    return status, capfd.readouterr()
 
 
 def git(folder, *args):
@@ -66,9 +66,9 @@ def outputs(cell):
     return json.dumps(cell["outputs"], sort_keys=True)
 
 
-def test_stores_what_strict_nbval_expects_and_only_what_was_edited_changes(tmp_path, capsys):
+def test_stores_what_strict_nbval_expects_and_only_what_was_edited_changes(tmp_path, capfd):
     path = make(tmp_path, CELLS)
-    status, said = run(path, capsys=capsys)
+    status, said = run(path, capfd=capfd)
     assert status == 0, said.err
     assert said.err == "", "the kernel's own log stays out of the terminal"
     nb = json.loads(path.read_text())
@@ -90,7 +90,7 @@ def test_stores_what_strict_nbval_expects_and_only_what_was_edited_changes(tmp_p
     # measurement and the picture all came out different.
     git(tmp_path, "commit", "-q", "-am", "outputs")
     first = path.read_bytes()
-    status, said = run(path, capsys=capsys)
+    status, said = run(path, capfd=capfd)
     assert status == 0 and "unchanged" in said.out, said
     assert path.read_bytes() == first
 
@@ -98,13 +98,13 @@ def test_stores_what_strict_nbval_expects_and_only_what_was_edited_changes(tmp_p
     nb = nbformat.read(path, as_version=4)
     nb.cells[5].source = "# a picture, edited\n" + nb.cells[5].source
     nbformat.write(nb, path)
-    assert run(path, capsys=capsys)[0] == 0
+    assert run(path, capfd=capfd)[0] == 0
     before, after = json.loads(first)["cells"], json.loads(path.read_text())["cells"]
     assert outputs(after[5]) != outputs(before[5]), "the edited cell kept its old picture"
     assert [outputs(c) for c in after[1:5]] == [outputs(c) for c in before[1:5]]
 
     # --fresh: the measurement gets its new numbers too.
-    assert run(path, "--fresh", capsys=capsys)[0] == 0
+    assert run(path, "--fresh", capfd=capfd)[0] == 0
     fresh = json.loads(path.read_text())["cells"]
     assert outputs(fresh[2]) != outputs(after[2]), "--fresh kept the old measurement"
     assert outputs(fresh[1]) == outputs(after[1])
@@ -114,10 +114,10 @@ def test_stores_what_strict_nbval_expects_and_only_what_was_edited_changes(tmp_p
     ("import sys\nprint('careful', file=sys.stderr)", "cell 3 ('import sys') wrote to stderr: careful"),
     ("1 / 0", "ZeroDivisionError"),
 ], ids=["stderr", "error"])
-def test_a_run_that_make_test_would_fail_leaves_the_file_alone(tmp_path, source, said, capsys):
+def test_a_run_that_make_test_would_fail_leaves_the_file_alone(tmp_path, source, said, capfd):
     path = make(tmp_path, [*CELLS[:2], new_code_cell(source), CELLS[4]])
     before = path.read_bytes()
-    status, printed = run(path, capsys=capsys)
+    status, printed = run(path, capfd=capfd)
     assert status == 1
     assert said in printed.err and "the file is unchanged" in printed.err, printed.err
     assert printed.err.count("\n") == 1 and "Traceback" not in printed.err, printed.err
