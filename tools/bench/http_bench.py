@@ -262,7 +262,8 @@ def main() -> int:
                      "--warmup at least 0")
     wrk = shutil.which("wrk")
     if wrk is None:
-        print("http_bench: error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        print("http_bench: error: wrk is not installed; on Debian or Ubuntu: sudo apt-get install wrk",
+              file=sys.stderr)
         return 2
     cpus = sorted(os.sched_getaffinity(0))
     pin = len(cpus) >= 2 and not args.no_pin
