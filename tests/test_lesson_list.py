@@ -48,6 +48,21 @@ def test_the_script_listens_by_default_on_the_listed_port(lesson):
         f"its add_argument(\"--port\", ..., default=N) lines give {found}")
 
 
+@each_lesson
+def test_the_script_serves_what_its_kind_says(lesson):
+    source = (ROOT / "lessons" / f"{lesson.name}.py").read_text(encoding="utf-8")
+    assert ("SOCK_DGRAM" in source) == (lesson.kind == "udp"), lesson.kind
+    assert ("HTTP/1.1" in source) == (lesson.kind == "http"), lesson.kind
+
+
+def test_scripts_of_a_kind():
+    assert lesson_list.scripts() == [f"{ls.name}.py" for ls in LESSONS]
+    tcp = lesson_list.scripts("echo", "http")
+    assert tcp and set(tcp) == {f"{ls.name}.py" for ls in LESSONS if ls.kind != "udp"}
+    with pytest.raises(ValueError, match="no lesson kind"):
+        lesson_list.scripts("tcp")
+
+
 @pytest.mark.parametrize("folder, suffix, listed", [
     ("lessons", ".py", lambda ls: ls.name),
     ("notebooks", ".ipynb", lambda ls: ls.name),

@@ -24,6 +24,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, pinned in requireme
 
 ROOT = Path(__file__).resolve().parent.parent
 LIST = ROOT / "lessons" / "lessons.toml"
+KINDS = ("echo", "http", "udp")  # a TCP echo server, an HTTP server, a UDP echo server
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Lesson:
     name: str  # 01_lt_echo: lessons/01_lt_echo.py and notebooks/01_lt_echo.ipynb
     title: str
     port: int
+    kind: str  # one of KINDS
     exercise: str  # 01_connection_limit: in exercises/, solutions/, exercises/checks/
     shows: str
     minutes: int
@@ -70,10 +72,21 @@ def load(path: Path = LIST) -> list[Lesson]:
             if type(entry[key]).__name__ != kind:
                 wanted = {"str": "a quoted string", "int": "a whole number"}[kind]
                 raise ListError(f"{where}: {key} should be {wanted}, not {entry[key]!r}")
+        if entry["kind"] not in KINDS:
+            raise ListError(f"{where}: kind should be one of {', '.join(KINDS)}, not {entry['kind']!r}")
         lessons.append(Lesson(**entry))
     if not lessons:
         raise ListError(f"{path.name} lists no [[lesson]]")
     return lessons
+
+
+def scripts(*kinds: str, lessons: list[Lesson] | None = None) -> list[str]:
+    """The lesson scripts' file names ("01_lt_echo.py"), in order; only those of the given
+    kinds when any are given: scripts("echo", "http") is every lesson that speaks TCP."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"no lesson kind {sorted(unknown)}; the kinds are {KINDS}")
+    return [f"{ls.name}.py" for ls in (lessons or load()) if not kinds or ls.kind in kinds]
 
 
 def readme_table(lessons: list[Lesson]) -> list[str]:
