@@ -1,5 +1,6 @@
 """The workbook as a whole: the two commands, the layout, the committed notebooks."""
 
+import configparser
 import json
 import os
 import re
@@ -80,5 +81,19 @@ def test_notebook_is_committed_executed_and_clean(notebook):
         for output in cell["outputs"]:
             assert output["output_type"] != "error", "".join(cell["source"])[:80]
             assert output.get("name") != "stderr", "stderr in a stored output"
-    text = json.dumps(cells)
-    assert "--nbval-lax" not in text
+
+
+def test_the_test_command_checks_every_notebook_strictly():
+    # `make test` (and .ci/run, which calls it) runs plain pytest, so pytest.ini decides:
+    # nbval strict (--nbval: every stored output compared), never --nbval-lax, over notebooks/.
+    ini = configparser.ConfigParser()
+    ini.read(ROOT / "pytest.ini")
+    options = ini["pytest"]["addopts"].split()
+    assert "--nbval" in options and "--nbval-lax" not in options, options
+    assert "notebooks" in ini["pytest"]["testpaths"].split()
+    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
+    assert recipe and "-m pytest" in recipe.group(1), "make test should run pytest"
+    for path in ("Makefile", ".ci/run", "pytest.ini"):
+        text = (ROOT / path).read_text()
+        assert "nbval-lax" not in text and "no:nbval" not in text, path
+    assert re.search(r"^make test$", (ROOT / ".ci/run").read_text(), re.M)
