@@ -64,6 +64,8 @@ def _die_with_parent(parent: int):
     SIGTERM: a server stopped inside `paused()` keeps any other signal pending until it is
     continued, and nobody is left to continue it; SIGKILL ends a stopped process too. A
     server owns nothing that outlives it (the kernel closes its sockets), so nothing is lost.
+    (The kernel ties this signal to the thread that started the server: start servers from
+    a thread that lives as long as they should, as the main thread of a kernel or test does.)
     """
     def in_child() -> None:
         try:
