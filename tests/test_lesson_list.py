@@ -5,17 +5,14 @@ Adding a lesson means adding an entry to lessons/lessons.toml; these tests then 
 still missing, and `make tables` rewrites the tables of README.md and notebooks/INSTRUCTOR.md.
 """
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
+import lesson_list  # tools/lesson_list.py (pytest.ini puts tools/ on the path)
+
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("lesson_list", ROOT / "tools" / "lesson_list.py")
-lesson_list = sys.modules["lesson_list"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lesson_list)
 
 LESSONS = lesson_list.load()
 each_lesson = pytest.mark.parametrize("lesson", LESSONS, ids=lambda ls: ls.name)
