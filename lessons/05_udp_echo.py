@@ -180,7 +180,7 @@ class UdpEchoServer:
             data, address = ep.outbox[0]
             try:
                 ep.sock.sendto(data, address)  # a datagram goes whole or not at all
-            except BlockingIOError:  # EPOLLOUT will say when there is room
+            except BlockingIOError:  # full: EPOLLOUT comes once space is freed after this
                 break
             except OSError as e:
                 self.report(f"cannot answer {peer_name(address)}: {e.strerror}")
