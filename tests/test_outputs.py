@@ -62,8 +62,9 @@ def make(folder, cells):
     return path
 
 
-def outputs(cell):
-    return json.dumps(cell["outputs"], sort_keys=True)
+def outputs(cell, counts=True):
+    shown = [{k: v for k, v in out.items() if counts or k != "execution_count"} for out in cell["outputs"]]
+    return json.dumps(shown, sort_keys=True)
 
 
 def test_stores_what_strict_nbval_expects_and_only_what_was_edited_changes(tmp_path, capfd):
@@ -94,20 +95,24 @@ def test_stores_what_strict_nbval_expects_and_only_what_was_edited_changes(tmp_p
     assert status == 0 and "unchanged" in said.out, said
     assert path.read_bytes() == first
 
-    # One cell edited: it gets its new picture; the cells around it keep theirs.
+    # A cell added at the top, and the picture's cell edited: the edited cell gets its new
+    # picture; the others keep their outputs, renumbered.
     nb = nbformat.read(path, as_version=4)
-    nb.cells[5].source = "# a picture, edited\n" + nb.cells[5].source
+    nb.cells.insert(1, new_code_cell("added = True"))
+    nb.cells[6].source = "# a picture, edited\n" + nb.cells[6].source
     nbformat.write(nb, path)
     assert run(path, capfd=capfd)[0] == 0
     before, after = json.loads(first)["cells"], json.loads(path.read_text())["cells"]
-    assert outputs(after[5]) != outputs(before[5]), "the edited cell kept its old picture"
-    assert [outputs(c) for c in after[1:5]] == [outputs(c) for c in before[1:5]]
+    assert [c["execution_count"] for c in after if c["cell_type"] == "code"] == [1, 2, 3, 4, 5, 6]
+    assert after[5]["outputs"][0]["execution_count"] == 5
+    assert outputs(after[6]) != outputs(before[5]), "the edited cell kept its old picture"
+    assert [outputs(c, counts=False) for c in after[2:6]] == [outputs(c, counts=False) for c in before[1:5]]
 
     # --fresh: the measurement gets its new numbers too.
     assert run(path, "--fresh", capfd=capfd)[0] == 0
     fresh = json.loads(path.read_text())["cells"]
-    assert outputs(fresh[2]) != outputs(after[2]), "--fresh kept the old measurement"
-    assert outputs(fresh[1]) == outputs(after[1])
+    assert outputs(fresh[3]) != outputs(after[3]), "--fresh kept the old measurement"
+    assert outputs(fresh[2]) == outputs(after[2])
 
 
 @pytest.mark.parametrize("source, said", [
