@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import harness
+import lesson_list  # tools/lesson_list.py: the one list of lessons, with each one's kind
 
-LESSONS = sorted(p.name for p in (harness.LESSONS).glob("[0-9][0-9]_*.py"))
+LESSONS = lesson_list.scripts()
 each_lesson = pytest.mark.parametrize("lesson", LESSONS)
 
 
@@ -95,9 +96,7 @@ def test_standard_library_only(lesson):
 
 # -- out of file descriptors ---------------------------------------------------------------
 
-# Every lesson that accepts TCP connections (lesson 05 is UDP: nothing to accept).
-TCP_LESSONS = [lesson for lesson in LESSONS
-               if "SOCK_STREAM" in (harness.LESSONS / lesson).read_text()]
+TCP_LESSONS = lesson_list.scripts("echo", "http")  # every lesson that accepts connections
 FD_LIMIT = 64  # the server's soft RLIMIT_NOFILE in the exhaustion test
 QUEUED = 20  # clients beyond what the server can hold: they wait in the kernel's queue
 # One request every TCP lesson answers: the echo lessons send it back, the HTTP one says 200.
