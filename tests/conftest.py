@@ -22,6 +22,9 @@ def start():
     yield _start
     for server in servers:
         server.stop()
+        if "Traceback" in server.stderr:  # shown with the failure report: why it died
+            print(f"--- {server.script.name} {' '.join(server.args)} wrote on stderr:\n"
+                  f"{server.stderr}")
 
 
 def require_tool(name):

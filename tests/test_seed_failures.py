@@ -74,7 +74,7 @@ def test_a_burst_of_first_clients_is_served(start, lesson):
 def test_bytes_that_are_not_utf8_are_only_bytes(start, lesson):
     server = start(lesson, "--trace")
     if lesson.startswith("05_"):
-        with server.udp_client() as sock:
+        with server.udp_client(timeout=2) as sock:
             sock.sendto(NOT_UTF8, server.address)
             assert sock.recv(1 << 16) == NOT_UTF8
     elif lesson.startswith("04_"):
