@@ -162,28 +162,33 @@ def report(results, args):
     per_cpu = {key: [rate / s if s > 0 else 0.0 for rate, s, _ in runs]
                for key, runs in results.items()}
     print(f"\nmessages per second: the median of {plural(args.rounds, 'round')}, the lowest "
-          f"and the highest, and how far\nthe farthest round lay from the median. Per server "
-          f"CPU-second: messages/s over the server's\nCPU share (near 100% when the server "
-          f"is what limits; less sensitive to a busy machine).\nCPU: the share of one core "
-          f"used by the server / by the load generator.")
+          f"and the highest, and how far\nthe farthest round lay from the median. Per CPU-s: messages per second of "
+          f"the server's CPU\ntime, the median of the rounds and how far the farthest lay "
+          f"(close to messages/s when the\nserver is what limits; steadier on a busy "
+          f"machine). CPU: the share of one core used by the\nserver / by the load "
+          f"generator.")
     print(f"{'server':<11}{'generator':<11}{'messages/s':>11}{'lowest-highest':>20}"
-          f"{'within':>8}{'per CPU-s':>11}{'CPU':>13}")
+          f"{'within':>8}{'per CPU-s':>11}{'within':>8}{'CPU':>13}")
     limited = False
     for name, *_ in SERVERS:
-        medians = []
+        medians, efficiency_medians = [], []
         for i, gen in enumerate(GENERATORS):
             mid, lo, hi, off = spread(rates[name, gen])
             medians.append(mid)
             server_cpu = statistics.median(s for _, s, _ in results[name, gen])
             load_cpu = statistics.median(g for _, _, g in results[name, gen])
-            efficiency = statistics.median(per_cpu[name, gen])
+            efficiency, _, _, efficiency_off = spread(per_cpu[name, gen])
+            efficiency_medians.append(efficiency)
             busy = load_cpu >= GENERATOR_LIMIT
             limited = limited or busy
             print(f"{name if i == 0 else '':<11}{gen:<11}{mid:>11,.0f}"
                   f"{f'{lo:,.0f}-{hi:,.0f}':>20}{f'+-{off:.0%}':>8}{efficiency:>11,.0f}"
+                  f"{f'+-{efficiency_off:.0%}':>8}"
                   f"{f'{server_cpu:.0%} / {load_cpu:.0%}':>13}" + (" *" if busy else ""))
-        gap = max(medians) / min(medians) - 1 if min(medians) else float("inf")
-        print(f"{'':<11}the two generators' medians lie {gap:.0%} apart"
+        gap, efficiency_gap = (max(m) / min(m) - 1 if min(m) else float("inf")
+                               for m in (medians, efficiency_medians))
+        print(f"{'':<11}the two generators lie {gap:.0%} apart (per CPU-s: "
+              f"{efficiency_gap:.0%})"
               + (f": more than {AGREE:.0%}, not a figure to trust" if gap > AGREE else ""))
 
     if limited:
