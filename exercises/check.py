@@ -3,11 +3,15 @@
 
 Each exercise is a lesson server in exercises/ with lines marked TODO for you to change;
 its finished version is in solutions/ under the same name (look only when stuck). The check
-for each one lives in exercises/checks/ and drives your server with real clients.
+for each one lives in exercises/checks/ and drives your server with real clients: first
+the clients of the exercise, then the lesson's rude ones (a reset mid-send, a client that
+never reads, a half-close, garbage bytes), which no server may let crash it, lose data,
+grow without bound, or stop serving the others.
 
     make check                      # every exercise, in order
     python exercises/check.py 01    # only the ones whose name starts with 01
     python exercises/check.py --solutions   # the same checks against solutions/
+    python tools/exercises.py --write 03    # start exercise 03 over (your changes are lost)
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "notebooks"))  # the harness lives beside the notebooks
+sys.path.insert(0, str(HERE / "checks"))  # the hostile clients every check shares
 
 import harness  # noqa: E402
+import hostile  # noqa: E402
 
 
 @dataclass
@@ -31,18 +37,62 @@ class Exercise:
     title: str
     hint: str
     check: object  # check(script_path) -> str: what passed; raises AssertionError if not
+    hostile: object  # hostile(script_path) -> str: the lesson's rude clients; or BrokenBy
 
     def run(self, folder: Path) -> tuple[bool, str]:
+        """(passed, what happened in a few lines). Never raises for a mistake in the file."""
         script = folder / self.name
-        if not script.exists():
-            return False, f"{script} is missing"
+        problem = unreadable(script)
+        if problem:
+            return False, problem
         first = len(harness.started)
         try:
-            return True, self.check(script)
-        except (AssertionError, harness.ServerFailed, harness.Stalled, OSError) as e:
+            passed = self.check(script)
+            return True, f"{passed}\n{self.hostile(script)}"
+        except harness.ServerFailed as e:
+            return False, did_not_start(str(e))
+        except (AssertionError, harness.Stalled, OSError) as e:
             return False, (str(e).strip() or type(e).__name__) + crash_report(first)
+        except Exception as e:  # an answer the check could not even parse
+            return False, (f"the check could not make sense of your server's answer "
+                           f"({type(e).__name__}: {e})" + crash_report(first))
         finally:
             harness.stop_all()
+
+
+def unreadable(script: Path) -> str | None:
+    """One line if Python cannot even read the file (missing, or a syntax error)."""
+    shown = display(script)
+    if not script.is_file():
+        return (f"{shown} is missing; `python tools/exercises.py --write {script.name[:2]}` "
+                "writes its starting point again")
+    try:
+        compile(script.read_bytes(), str(script), "exec")
+    except SyntaxError as e:  # IndentationError and TabError too
+        return f"{shown}, line {e.lineno}: {e.msg} (Python cannot run the file: {type(e).__name__})"
+    except ValueError as e:  # NUL bytes in the source, on older Pythons
+        return f"{shown}: {e} (Python cannot run the file)"
+    return None
+
+
+def display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def did_not_start(message: str) -> str:
+    """A server that never listened, in one line: its exception if it printed one."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        where = next((line.strip() for line in reversed(lines)
+                      if line.strip().startswith('File "')), "")
+        _, _, rest = where.partition(", line ")
+        number, _, function = rest.partition(", in ")
+        at = f" (line {number}, in {function})" if number else ""
+        return f"your server stopped before it listened: {lines[-1].strip()}{at}"
+    return lines[0] if lines else "your server did not start"
 
 
 def crash_report(first: int) -> str:
@@ -51,47 +101,56 @@ def crash_report(first: int) -> str:
     for server in harness.started[first:]:
         lines = server.stderr.splitlines()
         if any(line.startswith("Traceback") for line in lines):
-            shown = "\n".join(lines[-12:])
+            shown = "\n".join(lines[-8:])
             report += f"\nYour server crashed; the end of what it printed:\n{shown}"
     return report
 
 
 def load_exercises() -> list[Exercise]:
-    """Every exercises/checks/*.py module, in name order; each defines one exercise."""
+    """Every exercises/checks/NN_*.py module, in name order; each defines one exercise."""
     found = []
     for path in sorted((HERE / "checks").glob("[0-9]*.py")):
         spec = importlib.util.spec_from_file_location(f"checks.{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        found.append(Exercise(module.EXERCISE, module.TITLE, module.HINT, module.check))
+        found.append(Exercise(module.EXERCISE, module.TITLE, module.HINT, module.check,
+                              module.HOSTILE))
     return found
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Check the workbook's exercises.")
     parser.add_argument("names", nargs="*", help="only exercises whose name starts so")
-    parser.add_argument("--solutions", action="store_true",
-                        help="check the finished versions in solutions/ instead")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--solutions", action="store_true",
+                       help="check the finished versions in solutions/ instead")
+    where.add_argument("--dir", type=Path, metavar="DIR",
+                       help="check the files of the same names in DIR instead")
     args = parser.parse_args()
-    folder = ROOT / ("solutions" if args.solutions else "exercises")
+    folder = ROOT / "solutions" if args.solutions else args.dir or HERE
     chosen = [ex for ex in load_exercises()
               if not args.names or any(ex.name.startswith(n) for n in args.names)]
     if not chosen:
         print(f"no exercise matches {' '.join(args.names)}", file=sys.stderr)
         return 2
     failed = []
-    for ex in chosen:
-        ok, detail = ex.run(folder)
-        print(f"{'pass' if ok else 'FAIL'}  {ex.name:<28} {ex.title}")
-        print(f"      {detail}".replace("\n", "\n      "))
-        if not ok:
-            failed.append(ex)
+    try:
+        for ex in chosen:
+            ok, detail = ex.run(folder)
+            print(f"{'pass' if ok else 'FAIL'}  {ex.name:<28} {ex.title}")
+            print(f"      {detail}".replace("\n", "\n      "), flush=True)
+            if not ok:
+                failed.append(ex)
+    except KeyboardInterrupt:
+        harness.stop_all()
+        print("\ninterrupted; every server the check started is stopped", file=sys.stderr)
+        return 130
     if not failed:
         print(f"\nAll {len(chosen)} exercise{'s' if len(chosen) > 1 else ''} pass.")
         return 0
     first_failure = failed[0]
     print(f"\n{len(chosen) - len(failed)} of {len(chosen)} exercises pass. "
-          f"Next: {folder.name}/{first_failure.name}, the lines marked TODO.")
+          f"Next: {display(folder / first_failure.name)}, the lines marked TODO.")
     print(f"Hint: {first_failure.hint}")
     return 1
 

@@ -42,14 +42,15 @@ class MarkerError(ValueError):
     """A solution whose exercise blocks are not well formed; the message names the line."""
 
 
-def split(source: str, name: str = "solution") -> tuple[str, str, int]:
-    """(the starting point, the solution without the blocks' markers and "#|" lines, blocks).
+def split(source: str, name: str = "solution") -> tuple[str, str, list]:
+    """(the starting point, the solution without markers and "#|" lines, the blocks).
 
     The second is the finished code exactly as it runs; comparing it with the first shows
-    what a learner has to change.
+    what a learner has to change. Each block is (its line number, its start lines, its
+    answer lines).
     """
-    start, answer = [], []
-    state, indent, blocks, opened = "text", "", 0, 0
+    start, answer, blocks = [], [], []
+    state, indent, opened = "text", "", 0
     for number, line in enumerate(source.splitlines(keepends=True), 1):
         bare = line.rstrip("\n")
         where = f"{name}:{number}"
@@ -57,7 +58,7 @@ def split(source: str, name: str = "solution") -> tuple[str, str, int]:
             found = BEGIN.match(bare)
             if found:
                 state, indent, opened = "start", found["indent"], number
-                blocks += 1
+                blocks.append((number, [], []))
             elif START_LINE.match(bare) or ANSWER.match(bare) or END.match(bare):
                 raise MarkerError(f"{where}: {bare.strip()!r} outside an exercise block")
             else:
@@ -68,6 +69,7 @@ def split(source: str, name: str = "solution") -> tuple[str, str, int]:
             if found and found["indent"] == indent:
                 text = found["text"] or ""
                 start.append(indent + text + "\n" if text else "\n")
+                blocks[-1][1].append(start[-1])
             elif ANSWER.match(bare):
                 state = "answer"
             else:
@@ -81,6 +83,7 @@ def split(source: str, name: str = "solution") -> tuple[str, str, int]:
                                   f"opened at line {opened}")
             else:
                 answer.append(line)
+                blocks[-1][2].append(line)
     if state != "text":
         raise MarkerError(f"{name}:{opened}: the exercise block has no '# end of the answer'")
     return "".join(start), "".join(answer), blocks

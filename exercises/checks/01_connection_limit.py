@@ -1,8 +1,10 @@
 """Exercise 01: a connection limit with a clear refusal (lesson 01, level-triggered)."""
 
 import harness
+import hostile
 
 EXERCISE = "01_connection_limit.py"
+HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 01: cap the connections, refuse the rest clearly"
 HINT = ("In on_accept, after accept() succeeds: if len(self.conns) >= self.max_conns, "
         "send REFUSAL, close the socket and return. Accept first, then refuse: a client "

@@ -3,8 +3,10 @@
 import os
 
 import harness
+import hostile
 
 EXERCISE = "02_shutdown_report.py"
+HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 02: report connections and bytes at shutdown"
 HINT = ("Keep two counters on the server (set to 0 in __init__); add 1 for each accepted "
         "connection in on_accept and the value send() returned in on_writable; in shutdown(), "

@@ -4,8 +4,10 @@ import os
 import time
 
 import harness
+import hostile
 
 EXERCISE = "03_drain_recv.py"
+HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 03: drain on every EPOLLIN edge"
 HINT = ("Wrap the recv in on_readable in `while True:`. BlockingIOError means drained: break. "
         "b\"\" means EOF: set peer_done and break (recv returns b\"\" again and again, it never "

@@ -3,8 +3,10 @@
 import http.client
 
 import harness
+import hostile
 
 EXERCISE = "04_max_requests.py"
+HOSTILE = hostile.http  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 04: end a keep-alive connection after N requests"
 HINT = ("In respond(), right after keep_alive is computed: conn.served += 1, and if "
         "self.max_requests and conn.served >= self.max_requests, set keep_alive = False. "

@@ -4,8 +4,10 @@ import socket
 from pathlib import Path
 
 import harness
+import hostile
 
 EXERCISE = "05_udp_empty_datagram.py"
+HOSTILE = hostile.udp  # the lesson's rude clients, run after check() passes
 TITLE = "UDP: an empty datagram is a message, not EOF"
 HINT = ("On UDP, recvmsg returning 0 bytes means a datagram of 0 bytes arrived, from an "
         "address that wants its answer. Echo it like any other, and do not leave the drain "
