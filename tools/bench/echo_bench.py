@@ -95,9 +95,13 @@ def measure(binary, server, args, seconds):
     used."""
     before = server.cpu_seconds()
     started = time.monotonic()
-    result = subprocess.run(
-        [str(binary), str(server.port), str(args.connections), str(args.size), str(seconds)],
-        capture_output=True, text=True, timeout=seconds + 30)
+    try:
+        result = subprocess.run(
+            [str(binary), str(server.port), str(args.connections), str(args.size), str(seconds)],
+            capture_output=True, text=True, timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"echo_bench: error: {binary.name} against {server.script.name} did "
+                         f"not finish within {seconds + 30:g} s") from None
     wall = time.monotonic() - started
     if result.returncode != 0:
         raise SystemExit(f"echo_bench: error: {binary.name} against {server.script.name}: "
@@ -161,12 +165,12 @@ def report(results, args):
     rates = {key: [rate for rate, _, _ in runs] for key, runs in results.items()}
     per_cpu = {key: [rate / s if s > 0 else 0.0 for rate, s, _ in runs]
                for key, runs in results.items()}
-    print(f"\nmessages per second: the median of {plural(args.rounds, 'round')}, the lowest "
-          f"and the highest, and how far\nthe farthest round lay from the median. Per CPU-s: messages per second of "
-          f"the server's CPU\ntime, the median of the rounds and how far the farthest lay "
-          f"(close to messages/s when the\nserver is what limits; steadier on a busy "
-          f"machine). CPU: the share of one core used by the\nserver / by the load "
-          f"generator.")
+    print(f"""
+messages/s: the median of the {args.rounds} rounds, the lowest and the highest, and how far the
+farthest round lay from the median. Per CPU-s: messages per second of the server's CPU time,
+the median of the rounds and how far the farthest lay (close to messages/s when the server
+is what limits; steadier on a busy machine). CPU: the share of one core used by the server /
+by the load generator.""")
     print(f"{'server':<11}{'generator':<11}{'messages/s':>11}{'lowest-highest':>20}"
           f"{'within':>8}{'per CPU-s':>11}{'within':>8}{'CPU':>13}")
     limited = False
@@ -231,9 +235,13 @@ def main():
     print(f"echo benchmark: {args.size}-byte messages, {args.connections} connections, one "
           f"message in flight on each;\n{plural(args.rounds, 'round')} of {args.seconds:g} s "
           f"per server and load generator ({' and '.join(GENERATORS)})\nservers: "
-          + ", ".join(f"{name} ({what})" for name, what, _ in SERVERS)
+          + ",\n         ".join(f"{name} ({what})" for name, what, _ in SERVERS)
           + f"\nload average {loadavg()} at the start", flush=True)
-    report(run(args), args)
+    try:
+        results = run(args)
+    except KeyboardInterrupt:  # every server has been stopped on the way out
+        sys.exit("echo_bench: interrupted")
+    report(results, args)
 
 
 if __name__ == "__main__":
