@@ -165,8 +165,9 @@ def report(results, args):
     rates = {key: [rate for rate, _, _ in runs] for key, runs in results.items()}
     per_cpu = {key: [rate / s if s > 0 else 0.0 for rate, s, _ in runs]
                for key, runs in results.items()}
+    rounds = plural(args.rounds, "round")
     print(f"""
-messages/s: the median of the {args.rounds} rounds, the lowest and the highest, and how far the
+messages/s: the median of {rounds}, the lowest and the highest, and how far the
 farthest round lay from the median. Per CPU-s: messages per second of the server's CPU time,
 the median of the rounds and how far the farthest lay (close to messages/s when the server
 is what limits; steadier on a busy machine). CPU: the share of one core used by the server /
