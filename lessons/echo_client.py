@@ -60,7 +60,7 @@ def fail(message):
 
 def note(message):
     """What the client is doing or what happened, on stderr beside the replies."""
-    print(message, file=sys.stderr, flush=True)
+    sys.stderr.write(message + "\n")  # one write: it cannot be split by other output
 
 
 def plural(count, word):
