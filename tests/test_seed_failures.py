@@ -1,5 +1,5 @@
 """The classic epoll tutorials' bugs, one test each: put any of them back into a lesson and
-its test here fails. What the bug was is said above each test; README.md tells the story.
+its test here fails. What the bug was is said above each test.
 
 Each test drives every lesson where the bug could live, with the client that exposes it.
 """
@@ -141,6 +141,7 @@ def test_resets_at_every_moment_stop_only_that_connection(start, lesson):
 # (the kernel takes the whole answer before the EOF is read), so the client here keeps a
 # 4 KiB receive buffer: the server must hold most of the answer and deliver it after EOF.
 
+@pytest.mark.parametrize("lesson", ECHO)
 def test_half_close_gets_everything_owed_by_a_slow_reader(start, lesson):
     server = start(lesson)
     payload = os.urandom(6 * MiB)
@@ -148,10 +149,6 @@ def test_half_close_gets_everything_owed_by_a_slow_reader(start, lesson):
         got = harness.half_close_and_read(sock, payload, timeout=60)
     assert len(got) == len(payload) and got == payload, f"{len(payload) - len(got)} bytes lost"
     still_serves(server)
-
-
-test_half_close_gets_everything_owed_by_a_slow_reader = pytest.mark.parametrize(
-    "lesson", ECHO)(test_half_close_gets_everything_owed_by_a_slow_reader)
 
 
 def test_pipelined_answers_reach_a_slow_reader_whole(start):
