@@ -1,4 +1,6 @@
-/* The echo benchmark's load generator: C, so that it is never the bottleneck.
+/* The echo benchmark's first load generator (echo_poll.c, built differently, is the second).
+ * C, so that it spends little beyond its own system calls; a server that is as cheap (uvloop
+ * comes close) can still bring it near its limit, which is why its CPU use is printed.
  *
  *   echo_load PORT CONNECTIONS MESSAGE_BYTES SECONDS
  *
