@@ -1,6 +1,9 @@
 """The echo benchmark's comparison servers: an asyncio Protocol echo, on asyncio's own
 event loop or on uvloop's. Same promises as a lesson script where the benchmark needs them:
---host/--port (0 for any), and "listening on HOST:PORT" once ready; SIGTERM stops it."""
+--host/--port (0 for any), and "listening on HOST:PORT" once ready; SIGTERM stops it.
+
+Measuring it by hand: until one connection has closed, the asyncio loop's reads each cost
+three extra system calls, so discard the first run (echo_bench.py says why, at its warm-up)."""
 
 import argparse
 import asyncio
