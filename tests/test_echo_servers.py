@@ -5,7 +5,6 @@ test_seed_failures.py, for every lesson; this file keeps what is particular to t
 """
 
 import os
-import selectors
 import time
 
 import pytest
@@ -111,28 +110,7 @@ def test_epollout_only_while_output_is_pending(start, lesson):
 
 def test_a_slow_reader_gets_everything_through_many_throttles(server):
     # The client writes in big pieces and reads in small ones, so the server's output
-    # piles up past the high-water mark and drains again many times over.
-    payload = os.urandom(24 * MiB)
-    sock = server.connect()
-    sock.setblocking(False)
-    out, got = memoryview(payload), bytearray()
-    deadline = time.monotonic() + 60
-    with selectors.DefaultSelector() as sel:
-        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-        while len(got) < len(payload):
-            assert time.monotonic() < deadline, f"stalled after {len(got)} of {len(payload)}"
-            for _, mask in sel.select(1.0):
-                if mask & selectors.EVENT_WRITE and out:
-                    try:
-                        out = out[sock.send(out[:256 * 1024]):]
-                    except BlockingIOError:
-                        pass
-                    if not out:
-                        sel.modify(sock, selectors.EVENT_READ)
-                if mask & selectors.EVENT_READ:
-                    try:
-                        got += sock.recv(16 * 1024)
-                    except BlockingIOError:
-                        pass
-    sock.close()
-    assert got == payload
+    # piles up past the high-water mark and drains again many times.
+    payload, echoed = harness.slow_reader(server, size=24 * MiB, read_size=16 * 1024,
+                                          rcvbuf=None)
+    assert echoed == payload
