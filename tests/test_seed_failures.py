@@ -151,6 +151,42 @@ def test_half_close_gets_everything_owed_by_a_slow_reader(start, lesson):
     still_serves(server)
 
 
+def kernel_takes(piece, rcvbuf=4096):
+    """How many bytes the kernel accepts from a loopback sender, in sends of `piece`, when
+    the reader has an `rcvbuf` receive buffer and reads nothing."""
+    with harness.free_port_in_use() as listener:
+        with harness.connect(listener.getsockname(), rcvbuf=rcvbuf):
+            sender, _ = listener.accept()
+            with sender:
+                sender.setblocking(False)
+                taken = 0
+                try:
+                    while True:
+                        taken += sender.send(piece)
+                except BlockingIOError:
+                    return taken
+
+
+def test_half_closed_http_client_gets_every_answer(start):
+    # Lesson 04 stops reading while more than its high-water mark (1 MiB) is unsent, so it
+    # reads EOF owing something only when its answers outgrow what the kernel takes for a
+    # client that does not read, by less than that mark. Ask for that much: 512 KiB more.
+    server = start("04_http_responder.py")
+    with server.connect() as sock:
+        harness.send_all(sock, GET)
+        _, head, body = harness.recv_http_response(sock)
+    one = len(head) + len(body)
+    count = (kernel_takes(bytes(one * 2000)) + 512 * 1024) // one
+    with server.connect(rcvbuf=4096) as sock:
+        harness.send_all(sock, GET * count)
+        sock.shutdown(socket.SHUT_WR)
+        assert server.asleep_in_epoll(), "the server did not go back to epoll_wait"
+        got = harness.recv_until_eof(sock, timeout=30)  # only now: it has read the EOF
+    answers = got.count(b"HTTP/1.1 200 OK\r\n")
+    assert answers == count, f"{count - answers} of {count} answers lost"
+    still_serves(server)
+
+
 def test_pipelined_answers_reach_a_slow_reader_whole(start):
     # Lesson 04's partial sends: 7 MiB of answers to pipelined requests, far more than the
     # kernel's buffers take, for a client with a 4 KiB receive buffer that half-closes.
