@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT / "notebooks"))  # the harness lives beside the note
 sys.path.insert(0, str(HERE / "checks"))  # the hostile clients every check shares
 
 import harness  # noqa: E402
-import hostile  # noqa: E402
 
 
 @dataclass

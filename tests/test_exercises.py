@@ -95,7 +95,8 @@ def test_the_todo_rule_sees_an_unmarked_change():
               "    return x\n")
     assert unmarked_changes(source) == ["x = 41"]
     assert unmarked_changes(source.replace("x = 41", "x = 41  # TODO")) == []
-    assert tool.split(source)[0] == "def f():\n    # TODO: return the answer\n    x = 41\n    return x\n"
+    start = tool.split(source)[0]
+    assert start == "def f():\n    # TODO: return the answer\n    x = 41\n    return x\n"
 
 
 def test_the_contributors_command_runs_on_every_exercise():
