@@ -329,8 +329,7 @@ def _wait_state(pid: int, state: str, timeout: float = 5.0) -> None:
     # SIGSTOP takes effect asynchronously; wait until /proc shows the process stopped.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        if fields[0] == state:
+        if process_state(pid) == state:
             return
         time.sleep(0.001)
     raise Stalled(f"process {pid} did not reach state {state} within {timeout:g} s")
