@@ -117,7 +117,7 @@ def test_stores_what_strict_nbval_expects_and_only_what_was_edited_changes(tmp_p
 
 @pytest.mark.parametrize("source, said", [
     ("import sys\nprint('careful', file=sys.stderr)", "cell 3 ('import sys') wrote to stderr: careful"),
-    ("1 / 0", "ZeroDivisionError"),
+    ("1 / 0", "cell 3 ('1 / 0') raised ZeroDivisionError: division by zero"),
 ], ids=["stderr", "error"])
 def test_a_run_that_make_test_would_fail_leaves_the_file_alone(tmp_path, source, said, capfd):
     path = make(tmp_path, [*CELLS[:2], new_code_cell(source), CELLS[4]])

@@ -31,19 +31,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+import ipykernel.kernelspec
+import nbformat
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from traitlets import default
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 LESSON_GLOB = "[0-9][0-9]_*.ipynb"
 SANITIZE = NOTEBOOKS / "sanitize.cfg"
 CELL_TIMEOUT = 60  # seconds, as pytest.ini gives nbval
-
-import ipykernel.kernelspec  # noqa: E402
-import nbformat  # noqa: E402
-from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
-from jupyter_client.manager import AsyncKernelManager  # noqa: E402
-from nbclient import NotebookClient  # noqa: E402
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError  # noqa: E402
-from traitlets import default  # noqa: E402
 
 
 class ThisPython(KernelSpecManager):
@@ -158,8 +158,11 @@ def execute(path):
     try:
         client.execute(stderr=log)
     except CellExecutionError as e:
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        raise Refused(f"a cell failed: {lines[-1] if lines else e}") from None
+        for i, cell in enumerate(nb.cells):
+            for out in cell.get("outputs", []):
+                if out.output_type == "error":
+                    raise Refused(f"{cell_label(i, cell)} raised {out.ename}: {out.evalue}") from None
+        raise Refused(f"a cell failed: {e.ename}: {e.evalue}") from None
     except CellTimeoutError:
         raise Refused(f"a cell ran longer than {CELL_TIMEOUT} s") from None
     except DeadKernelError:
