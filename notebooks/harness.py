@@ -801,3 +801,18 @@ def slow_reader(server: Server, size: int = 24 << 20, read_size: int = 1024,
                 assert chunk, f"the server closed after echoing {len(got)} of {size}"
                 got += chunk
     return payload, bytes(got)
+
+
+# -- a server that died: its exit status and its last words (notebook 06, its tests) ------
+
+def last_words(server: Server, timeout: float = IO_TIMEOUT) -> tuple[int, str]:
+    """Wait (bounded) until the server exits; return (its exit status, the last line it
+    wrote to stderr: for a crash, the exception that ended it). Raises Stalled if it is
+    still running at the deadline."""
+    try:
+        server.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise Stalled(f"{server.script.name} still running after {timeout:g} s") from None
+    status = server.stop()  # already exited: this only collects the rest of its output
+    lines = [line.strip() for line in server.stderr.splitlines() if line.strip()]
+    return status, lines[-1] if lines else ""
