@@ -294,9 +294,10 @@ def udp_newcomer(server: harness.Server) -> None:
 
 
 def udp(script, *args: str) -> str:
-    """The hostile datagrams of lesson 05 (the empty one is exercise 05's own check)."""
+    """The hostile datagrams of lesson 05, each sent and echoed on its own."""
     with harness.start(script, *args) as server, server.udp_client(timeout=IO) as sock:
         for did, datagram in (
+                ("a client that sent an empty datagram", b""),
                 (f"a client that sent a {BIGGEST_DATAGRAM}-byte datagram, the largest IPv4 "
                  "carries,", os.urandom(BIGGEST_DATAGRAM)),
                 ("a client that sent garbage bytes (all 256 byte values)", GARBAGE)):
@@ -312,4 +313,5 @@ def udp(script, *args: str) -> str:
             if got != datagram:
                 raise BrokenBy(f"{did} got them back altered")
             survive(server, did, udp_newcomer)
-    return "the largest datagram and garbage bytes: your server echoed them whole"
+    return ("an empty datagram, the largest one, garbage bytes: your server echoed them "
+            "whole")
