@@ -68,19 +68,6 @@ def test_idle_server_uses_no_cpu(server):
         sock.close()
 
 
-@pytest.mark.parametrize("lesson", ECHO_LESSONS)
-def test_stopping_closes_every_client(start, lesson):
-    # How a signal stops every lesson: tests/test_lesson_contract.py. Here: what the
-    # connected clients see. Each gets EOF, not a hang.
-    server = start(lesson)
-    clients = [server.connect() for _ in range(5)]
-    harness.echo(server.address, b"busy")
-    assert server.stop() == 0
-    for sock in clients:
-        assert harness.recv_until_eof(sock, timeout=2) == b""
-        sock.close()
-
-
 def test_level_triggered_reports_unread_data_again():
     # ten reads of 1024 bytes, each after its own report
     assert harness.readable_reports("01_lt_echo.py", 10_000, recv_size=1024) == 10
