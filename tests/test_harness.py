@@ -150,3 +150,24 @@ def test_kernel_shutdown_stops_servers_started_in_a_notebook():
         manager.shutdown_kernel(now=False)
     pid = int(next(m["content"]["text"] for m in outputs if m["msg_type"] == "stream"))
     harness.wait_until(lambda: harness.gone(pid), timeout=5, what="the server to exit")
+
+
+def test_reset_makes_the_server_see_econnreset_and_the_trace_parsers_read_it(start):
+    server = start("02_et_echo.py", "--trace")
+    with server.connect() as polite:
+        assert harness.half_close_and_read(polite, b"bye") == b"bye"
+    server.wait_for_line("close fd")
+    rude = server.connect()
+    harness.send_all(rude, b"x" * 100)
+    assert harness.recv_exactly(rude, 100) == b"x" * 100
+    harness.reset(rude)
+    server.wait_for_line(lambda line: line.startswith("close fd") and "finished" not in line)
+    polite_fd, rude_fd = harness.accepted_fds(server.lines)  # the same number, reused
+    closes = [line for line in server.lines if line.startswith("close fd")]
+    assert closes == [f"close fd {polite_fd}: client finished",
+                      f"close fd {rude_fd}: Connection reset by peer"]
+    assert harness.reports_for(server.lines, rude_fd, "IN") >= 2  # data and EOF, then data
+    assert harness.wakes(["wake 4=IN 5=OUT|HUP"]) == [{"4": {"IN"}, "5": {"OUT", "HUP"}}]
+    assert harness.interest_changes(["interest fd 7: IN -> IN|OUT", "interest: OUT -> IN"]) \
+        == [(7, "IN", "IN|OUT"), (None, "OUT", "IN")]
+    assert harness.reads(["read fd 7: 1024 bytes, stopped by EAGAIN"]) == [(7, 1024)]
