@@ -6,8 +6,10 @@ server's process: a crash ends it, a spin is stopped by SIGTERM with status 0, a
 left running.
 """
 
+import importlib.util
 import os
 import socket
+import sys
 
 import pytest
 
@@ -194,3 +196,32 @@ def test_list_names_every_mistake_and_where_it_is_done_right():
     assert result.returncode == 0 and named and all(f"'{name}'" in choices for name in named)
     assert all("; done right in " in line and "lesson" in line.partition("; done right in ")[2]
                for line in result.stdout.splitlines())
+
+
+# -- the exercise: its check names each mistake still there --------------------------------
+
+def test_the_exercise_check_names_the_one_mistake_left(tmp_path):
+    root = harness.ROOT
+    sys.path.insert(0, str(root / "exercises" / "checks"))
+    spec = importlib.util.spec_from_file_location("check06", root / "exercises" / "checks"
+                                                  / "06_two_mistakes.py")
+    check06 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check06)
+    tools = importlib.util.spec_from_file_location("exercise_tool06", root / "tools" / "exercises.py")
+    tool = importlib.util.module_from_spec(tools)
+    tools.loader.exec_module(tool)
+    start, solution, blocks = tool.split((root / "solutions" / check06.EXERCISE).read_text())
+    assert len(blocks) == 2
+    for left in blocks:  # put back one mistake: the start's lines of one block only
+        _, start_lines, answer_lines = left
+        source = solution.replace("".join(answer_lines), "".join(start_lines), 1)
+        assert source != solution
+        script = tmp_path / check06.EXERCISE
+        script.write_text(source)
+        with pytest.raises(AssertionError) as failed:
+            check06.check(script)
+        harness.stop_all()
+        said = str(failed.value)
+        named = [name for name in ("decode", "close-on-eof") if f"{name}:" in said]
+        assert said.startswith("1 tutorial mistake still there") and len(named) == 1, said
+        assert ("decode" in "".join(start_lines)) == (named == ["decode"]), said
