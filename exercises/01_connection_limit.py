@@ -17,7 +17,9 @@ clients. Run it, then talk to it from another terminal:
 
 Level-triggered (the default mode of epoll) means: epoll_wait reports a socket for as long
 as it is ready. Data left unread is reported again on the next call, so this server may read
-once per event and still never lose track of a connection. Lesson 02 drops that safety net.
+once per event and still never lose track of a connection. Lesson 02 drops that safety net:
+edge-triggered epoll reports what arrives (data, a client, freed space, a close), not what is
+still there.
 
 --trace prints one line per wake-up of the loop and per change of interest, so that a
 notebook (or you) can count what the kernel reported. See epoll(7) for the contract.
@@ -29,6 +31,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 READABLE = select.EPOLLIN
 WRITABLE = select.EPOLLOUT
@@ -40,6 +43,10 @@ RECV_SIZE = 64 * 1024  # bytes asked for by one recv()
 HIGH_WATER = 1 << 20  # unsent bytes at which we stop reading from that client...
 LOW_WATER = 256 * 1024  # ...and the level at which we read from it again
 BACKLOG = 1024  # connections the kernel may queue for us before accept()
+# accept() errors that say "out of file descriptors" (ours: EMFILE, the system's: ENFILE) or
+# "out of kernel memory": not this client's fault, and the next accept fails the same way.
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+RETRY_ACCEPT = 1.0  # seconds: while accept is paused, try again this often anyway
 MAX_CONNS = 100  # clients served at once, unless --max-conns says otherwise
 REFUSAL = b"server full, try again later\n"
 
@@ -88,6 +95,9 @@ class EchoServer:
         self.conns = {}  # fd -> Connection
         self.epoll = select.epoll()
         self.epoll.register(listener.fileno(), READABLE)
+        self.listener_interest = READABLE
+        self.accept_paused = False  # out of fds: the listener is not watched (pause_accept)
+        self.retry_accept_at = 0.0  # when to try accept again if no connection closes first
         # The self-pipe: a signal handler cannot touch the loop, but Python writes the
         # signal number into this socket, which wakes epoll_wait like any client would.
         self.wake_r, self.wake_w = socket.socketpair()
@@ -110,8 +120,11 @@ class EchoServer:
             sock, _ = self.listener.accept()
         except BlockingIOError:  # another event got there first
             return
-        except OSError as e:  # the client gave up already (ECONNABORTED), or out of fds
-            self.log(f"accept failed: {e.strerror}")
+        except OSError as e:
+            if e.errno in OUT_OF_RESOURCES:
+                self.pause_accept(e)
+            else:  # the client gave up already (ECONNABORTED): the next one is reported
+                self.log(f"accept failed: {e.strerror}")
             return
         sock.setblocking(False)
         # TODO: when self.max_conns clients are connected already, refuse this one: send
@@ -120,6 +133,24 @@ class EchoServer:
         self.conns[sock.fileno()] = conn
         self.epoll.register(sock.fileno(), conn.interest)
         self.log(f"accept fd {sock.fileno()}")
+
+    def pause_accept(self, error):
+        # The trap: accept failed for want of an fd or of memory, and the client is still in
+        # the kernel's queue, so the listener is still readable. Level-triggered, epoll_wait
+        # reports it again at once, every pass, and every accept fails again: a loop that
+        # uses 100% of a CPU and serves nobody until an fd is freed. So stop watching the
+        # listener; close() resumes when it frees an fd, and RETRY_ACCEPT bounds the pause
+        # (ENFILE and ENOMEM are freed by other processes, which tell us nothing).
+        self.log(f"accept paused: {error.strerror}")
+        self.accept_paused = True
+        self.retry_accept_at = time.monotonic() + RETRY_ACCEPT
+        self.update_listener()
+
+    def resume_accept(self):
+        if self.accept_paused:
+            self.log("accept resumed")
+            self.accept_paused = False
+            self.update_listener()
 
     def on_readable(self, conn):
         # One recv per event, however much is waiting: level-triggering reports the rest.
@@ -142,7 +173,7 @@ class EchoServer:
         if conn.outbox:
             try:
                 sent = conn.sock.send(conn.outbox)
-            except BlockingIOError:  # socket buffer full: EPOLLOUT reports when it is not
+            except BlockingIOError:  # buffer full: EPOLLOUT reports once there is room again
                 sent = 0
             except OSError as e:  # EPIPE, ECONNRESET: the client stopped listening
                 self.close(conn, e.strerror)
@@ -159,6 +190,7 @@ class EchoServer:
         conn.closed = True
         self.epoll.unregister(fd)  # before close: afterwards the fd number means nothing
         conn.sock.close()
+        self.resume_accept()  # an fd is free again: a client still queued may have it
 
     def update_interest(self, conn):
         wanted = conn.wanted()
@@ -168,12 +200,27 @@ class EchoServer:
             self.epoll.modify(conn.sock.fileno(), wanted)
             conn.interest = wanted
 
+    def update_listener(self):
+        # The listener's interest, derived from state like a connection's. Adding READABLE
+        # back (EPOLL_CTL_MOD) re-checks readiness on the spot: clients queued meanwhile are
+        # reported at once.
+        wanted = 0 if self.accept_paused else READABLE
+        if wanted != self.listener_interest:
+            self.epoll.modify(self.listener.fileno(), wanted)
+            self.listener_interest = wanted
+
+    def poll_timeout(self):
+        """How long epoll_wait may sleep: forever (-1), unless accept waits for a retry."""
+        if not self.accept_paused:
+            return -1
+        return max(0.0, self.retry_accept_at - time.monotonic())
+
     # -- the loop -----------------------------------------------------------------------
 
     def serve(self):
         listen_fd, wake_fd = self.listener.fileno(), self.wake_r.fileno()
         while self.running:
-            events = self.epoll.poll()  # sleeps in the kernel until something is ready
+            events = self.epoll.poll(self.poll_timeout())  # sleeps until something is ready
             self.log("wake " + " ".join(f"{fd}={mask_name(ev)}" for fd, ev in events))
             for fd, ev in events:
                 if fd == listen_fd:
@@ -182,6 +229,8 @@ class EchoServer:
                     self.running = False
                 else:
                     self.dispatch(fd, ev)
+            if self.accept_paused and time.monotonic() >= self.retry_accept_at:
+                self.resume_accept()  # no connection closed meanwhile: try anyway
 
     def dispatch(self, fd, ev):
         conn = self.conns.get(fd)
