@@ -4,7 +4,8 @@
 This is lesson 03's edge-triggered echo server, cut down to the correct parts, except for
 one handler: on_readable() makes a single recv() per edge, like `--skip-drain recv`. A client
 that sends more than RECV_SIZE bytes in one go gets the first RECV_SIZE back and then waits
-forever: the rest sits in the socket, and edge-triggered epoll never reports it again.
+forever: the rest sits in the socket, and edge-triggered epoll reports nothing more until
+something new arrives from that client, which sent everything already.
 
 Change the lines marked TODO in exercises/03_drain_recv.py so that on_readable() drains:
 recv until BlockingIOError. Mind the end of the stream: at EOF recv() returns b"" every time
@@ -22,8 +23,9 @@ import select
 import signal
 import socket
 import sys
+import time
 
-EDGE = select.EPOLLET  # report changes of readiness, once each
+EDGE = select.EPOLLET  # report arrivals (data, clients, freed space, close), not levels
 READABLE = select.EPOLLIN
 WRITABLE = select.EPOLLOUT
 # The kernel always reports these, asked or not. They are not a verdict: the next recv or
@@ -34,6 +36,10 @@ RECV_SIZE = 1024  # bytes asked for by one recv(): small, so that one call is ra
 HIGH_WATER = 1 << 20  # unsent bytes at which we stop reading from that client...
 LOW_WATER = 256 * 1024  # ...and the level at which we read from it again
 BACKLOG = 1024  # connections the kernel may queue for us before accept()
+# accept() errors that say "out of file descriptors" (ours: EMFILE, the system's: ENFILE) or
+# "out of kernel memory": not this client's fault, and the next accept fails the same way.
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+RETRY_ACCEPT = 1.0  # seconds: while accept is paused, try again this often anyway
 
 
 def mask_name(mask):
@@ -79,6 +85,9 @@ class EchoServer:
         self.conns = {}  # fd -> Connection
         self.epoll = select.epoll()
         self.epoll.register(listener.fileno(), READABLE | EDGE)
+        self.listener_interest = READABLE
+        self.accept_paused = False  # out of fds: the listener is not watched (pause_accept)
+        self.retry_accept_at = 0.0  # when to try accept again if no connection closes first
         # The self-pipe: a signal handler cannot touch the loop, but Python writes the
         # signal number into this socket, which wakes epoll_wait like any client would.
         self.wake_r, self.wake_w = socket.socketpair()
@@ -95,7 +104,8 @@ class EchoServer:
     # -- the handlers -------------------------------------------------------------------
 
     def on_accept(self):
-        # Several clients that arrive together make one edge: accept until the queue is empty.
+        # Edge-triggered: clients that arrived since the last epoll_wait make one report.
+        # Accept until the queue is empty, or the ones still queued wait for yet another client.
         while True:
             try:
                 sock, _ = self.listener.accept()
@@ -103,8 +113,11 @@ class EchoServer:
                 return
             except ConnectionAbortedError:  # this client gave up while queued: next one
                 continue
-            except OSError as e:  # out of fds or memory: the clients still queued wait
-                self.log(f"accept failed: {e.strerror}")
+            except OSError as e:
+                if e.errno in OUT_OF_RESOURCES:
+                    self.pause_accept(e)
+                else:
+                    self.log(f"accept failed: {e.strerror}")
                 return
             sock.setblocking(False)
             conn = Connection(sock)
@@ -112,9 +125,29 @@ class EchoServer:
             self.epoll.register(conn.fd, conn.interest | EDGE)
             self.log(f"accept fd {conn.fd}")
 
+    def pause_accept(self, error):
+        # The trap: accept failed for want of an fd or of memory, and the clients still
+        # queued stay in the kernel's queue. Their arrival was reported already: when an fd
+        # is freed later, nothing arrives on the listener, epoll reports nothing, and they
+        # wait until yet another client comes (a stall). (Level-triggered, the listener would
+        # be reported again at once, every pass: a spin.) So stop watching the listener, and
+        # when close() frees an fd, add READABLE back with EPOLL_CTL_MOD, which re-checks
+        # readiness on the spot and reports the clients still queued. RETRY_ACCEPT bounds
+        # the pause (ENFILE and ENOMEM are freed by other processes, which tell us nothing).
+        self.log(f"accept paused: {error.strerror}")
+        self.accept_paused = True
+        self.retry_accept_at = time.monotonic() + RETRY_ACCEPT
+        self.update_listener()
+
+    def resume_accept(self):
+        if self.accept_paused:
+            self.log("accept resumed")
+            self.accept_paused = False
+            self.update_listener()
+
     def on_readable(self, conn):
         # TODO: one recv per edge, as in `--skip-drain recv`: under EPOLLET the rest of a
-        # TODO: large message stays unread and is never reported again. Loop until recv()
+        # TODO: large message stays unread, unreported until more arrives. Loop until recv()
         # TODO: raises BlockingIOError; leave the loop at EOF (b"") too, and stop reading
         # TODO: when on_writable() closed the connection or throttled it.
         try:
@@ -136,7 +169,7 @@ class EchoServer:
         while conn.outbox:
             try:
                 sent = conn.sock.send(conn.outbox)
-            except BlockingIOError:  # socket buffer full: EPOLLOUT fires when it empties
+            except BlockingIOError:  # buffer full: EPOLLOUT comes when space is freed
                 break
             except OSError as e:  # EPIPE, ECONNRESET: the client stopped listening
                 self.close(conn, e.strerror)
@@ -152,6 +185,7 @@ class EchoServer:
         conn.closed = True
         self.epoll.unregister(conn.fd)  # before close: afterwards the fd number means nothing
         conn.sock.close()
+        self.resume_accept()  # an fd is free again: a client still queued may have it
 
     def update_interest(self, conn):
         wanted = conn.wanted()
@@ -160,12 +194,27 @@ class EchoServer:
             self.epoll.modify(conn.fd, wanted | EDGE)
             conn.interest = wanted
 
+    def update_listener(self):
+        # The listener's interest, derived from state like a connection's. Adding READABLE
+        # back (EPOLL_CTL_MOD) re-checks readiness on the spot: clients queued meanwhile are
+        # reported at once, although no new edge came for them.
+        wanted = 0 if self.accept_paused else READABLE
+        if wanted != self.listener_interest:
+            self.epoll.modify(self.listener.fileno(), wanted | EDGE)
+            self.listener_interest = wanted
+
+    def poll_timeout(self):
+        """How long epoll_wait may sleep: forever (-1), unless accept waits for a retry."""
+        if not self.accept_paused:
+            return -1
+        return max(0.0, self.retry_accept_at - time.monotonic())
+
     # -- the loop -----------------------------------------------------------------------
 
     def serve(self):
         listen_fd, wake_fd = self.listener.fileno(), self.wake_r.fileno()
         while self.running:
-            events = self.epoll.poll()  # sleeps in the kernel until something is ready
+            events = self.epoll.poll(self.poll_timeout())  # sleeps until something is ready
             self.log("wake " + " ".join(f"{fd}={mask_name(ev)}" for fd, ev in events))
             for fd, ev in events:
                 if fd == listen_fd:
@@ -174,6 +223,8 @@ class EchoServer:
                     self.running = False
                 else:
                     self.dispatch(fd, ev)
+            if self.accept_paused and time.monotonic() >= self.retry_accept_at:
+                self.resume_accept()  # no connection closed meanwhile: try anyway
 
     def dispatch(self, fd, ev):
         conn = self.conns.get(fd)
