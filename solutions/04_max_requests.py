@@ -61,6 +61,10 @@ BACKLOG = 1024  # connections the kernel may queue for us before accept()
 MAX_HEADER_BYTES = 8 * 1024  # request line plus headers; more is answered with 431
 MAX_BODY_BYTES = 1 << 20  # a larger Content-Length is answered with 413
 IDLE_TIMEOUT = 5.0  # seconds a connection may wait for its next complete request
+# accept() errors that say "out of file descriptors" (ours: EMFILE, the system's: ENFILE) or
+# "out of kernel memory": not this client's fault, and the next accept fails the same way.
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+RETRY_ACCEPT = 1.0  # seconds: while accept is paused, try again this often anyway
 
 END_OF_HEAD = b"\r\n\r\n"  # the empty line that ends the request line and headers
 HELLO = b"Hello, world!"
@@ -180,6 +184,21 @@ def parse_head(head):
     return Request(method, target, version, path, keep_alive, length or 0, expect_continue)
 
 
+def ends_with_bare_lf(inbox, start, end):
+    """True if the head from `start` ends in an empty line that uses a bare LF, before the
+    CRLF CRLF at `end` (or anywhere, if end is -1: none has come yet).
+
+    RFC 9112 2.2 lets a recipient take a lone LF as the end of a line; under that rule a
+    head also ends at LF LF, or at a line ended by LF and then CR LF. We refuse bare LF
+    (400), as we refuse obsolete line folding: when a proxy and the server behind it
+    disagree on where a line or a head ends, one request to the proxy can be two requests
+    to the server (request smuggling). But the end must be seen at once: a server that
+    looks only for CRLF CRLF leaves such a client waiting, unanswered, until its timeout.
+    """
+    stop = len(inbox) if end < 0 else end + 2  # an LF just before the CRLF CRLF counts too
+    return inbox.find(b"\n\n", start, stop) >= 0 or inbox.find(b"\n\r\n", start, stop) >= 0
+
+
 def build_response(status, headers, body, date, head_only=False):
     """The bytes of one response; Content-Length always, so keep-alive framing holds."""
     status_line = b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status].encode())
@@ -239,6 +258,9 @@ class HttpServer:
         self.hello_cache = {}  # (head_only, connection header) -> complete response bytes
         self.epoll = select.epoll()
         self.epoll.register(listener.fileno(), READABLE)
+        self.listener_interest = READABLE
+        self.accept_paused = False  # out of fds: the listener is not watched (pause_accept)
+        self.retry_accept_at = 0.0  # when to try accept again if no connection closes first
         # The self-pipe: a signal handler cannot touch the loop, but Python writes the
         # signal number into this socket, which wakes epoll_wait like any client would.
         self.wake_r, self.wake_w = socket.socketpair()
@@ -270,9 +292,12 @@ class HttpServer:
 
     def poll_timeout(self):
         """Seconds until the nearest deadline: how long epoll_wait may sleep (-1: forever)."""
-        for deadline in self.deadlines.values():  # the first one is the nearest
-            return max(0.0, deadline - time.monotonic())
-        return -1  # no connections, no timers: sleep until something happens
+        nearest = next(iter(self.deadlines.values()), None)  # the first one is the nearest
+        if self.accept_paused and (nearest is None or self.retry_accept_at < nearest):
+            nearest = self.retry_accept_at  # retrying a paused accept is a timer too
+        if nearest is None:
+            return -1  # no connections, no timers: sleep until something happens
+        return max(0.0, nearest - time.monotonic())
 
     def expire(self):
         while self.deadlines:
@@ -302,8 +327,11 @@ class HttpServer:
                 return
             except ConnectionAbortedError:  # this client gave up while queued: next one
                 continue
-            except OSError as e:  # out of fds or memory: the clients still queued wait
-                self.log(f"accept failed: {e.strerror}")
+            except OSError as e:
+                if e.errno in OUT_OF_RESOURCES:
+                    self.pause_accept(e)
+                else:
+                    self.log(f"accept failed: {e.strerror}")
                 return
             sock.setblocking(False)
             # Each response goes out in one send; Nagle's algorithm would only delay it.
@@ -312,6 +340,25 @@ class HttpServer:
             self.conns[sock.fileno()] = conn
             self.epoll.register(sock.fileno(), conn.interest)
             self.reset_deadline(conn)
+
+    def pause_accept(self, error):
+        # The trap: accept failed for want of an fd or of memory, and the client is still in
+        # the kernel's queue, so the listener is still readable. Level-triggered, epoll_wait
+        # reports it again at once, every pass, and every accept fails again: a loop that
+        # uses 100% of a CPU and serves nobody until an fd is freed. (Edge-triggered, the
+        # opposite: no new report for the clients already queued, a stall.) So stop watching
+        # the listener; close() resumes when it frees an fd, and RETRY_ACCEPT bounds the
+        # pause (ENFILE and ENOMEM are freed by other processes, which tell us nothing).
+        self.log(f"accept paused: {error.strerror}")
+        self.accept_paused = True
+        self.retry_accept_at = self.now + RETRY_ACCEPT
+        self.update_listener()
+
+    def resume_accept(self):
+        if self.accept_paused:
+            self.log("accept resumed")
+            self.accept_paused = False
+            self.update_listener()
 
     def on_readable(self, conn):
         if conn.throttled:  # reported for EPOLLHUP/ERR only; the send path will tell
@@ -346,11 +393,11 @@ class HttpServer:
                     while inbox.startswith(b"\r\n", pos):  # RFC 9112 2.2: skip stray CRLFs
                         pos += 2
                     end = inbox.find(END_OF_HEAD, pos)
+                    if ends_with_bare_lf(inbox, pos, end):
+                        raise HttpError(400, "lines must end with CRLF")
                     if end < 0:  # the head is not complete yet
                         if len(inbox) - pos > self.max_header_bytes:
                             raise HttpError(431, "the request head is over the limit")
-                        if inbox.find(b"\n\n", pos) >= 0:
-                            raise HttpError(400, "lines must end with CRLF")
                         break
                     if end - pos > self.max_header_bytes:
                         raise HttpError(431, "the request head is over the limit")
@@ -484,12 +531,22 @@ class HttpServer:
         self.deadlines.pop(fd, None)
         self.epoll.unregister(fd)  # before close: afterwards the fd number means nothing
         conn.sock.close()
+        self.resume_accept()  # an fd is free again: a client still queued may have it
 
     def update_interest(self, conn):
         wanted = conn.wanted()
         if wanted != conn.interest:  # one epoll_ctl only when something changed
             self.epoll.modify(conn.sock.fileno(), wanted)
             conn.interest = wanted
+
+    def update_listener(self):
+        # The listener's interest, derived from state like a connection's. Adding READABLE
+        # back (EPOLL_CTL_MOD) re-checks readiness on the spot: clients queued meanwhile are
+        # reported at once.
+        wanted = 0 if self.accept_paused else READABLE
+        if wanted != self.listener_interest:
+            self.epoll.modify(self.listener.fileno(), wanted)
+            self.listener_interest = wanted
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -507,6 +564,8 @@ class HttpServer:
                 else:
                     self.dispatch(fd, ev)
             self.expire()
+            if self.accept_paused and self.now >= self.retry_accept_at:
+                self.resume_accept()  # no connection closed meanwhile: try anyway
 
     def dispatch(self, fd, ev):
         conn = self.conns.get(fd)
