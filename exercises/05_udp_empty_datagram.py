@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 
-EDGE = select.EPOLLET  # report changes of readiness, once each
+EDGE = select.EPOLLET  # report arrivals (datagrams, freed send space), not levels
 READABLE = select.EPOLLIN
 WRITABLE = select.EPOLLOUT
 # Always reported, asked or not. On a UDP socket EPOLLERR means a pending error (an ICMP
@@ -176,7 +176,7 @@ class UdpEchoServer:
             data, address = ep.outbox[0]
             try:
                 ep.sock.sendto(data, address)  # a datagram goes whole or not at all
-            except BlockingIOError:  # EPOLLOUT will say when there is room
+            except BlockingIOError:  # full: EPOLLOUT comes once space is freed after this
                 break
             except OSError as e:
                 self.report(f"cannot answer {peer_name(address)}: {e.strerror}")
