@@ -20,7 +20,7 @@ reading would deadlock against any echo server once both sides' buffers are full
 all N bytes are back it shuts down its sending side and waits for the server to close. It
 reports how many clients got every byte back intact. Connecting all of them before any
 sends lets you stop a server (Ctrl-Z), queue K clients in the kernel and resume it (fg):
-they all arrived while it was not looking.
+all K arrived while it could not call epoll_wait, so their arrivals make one report.
 
 UDP (--udp). Each line typed is one datagram; each answer is printed when it comes, with a
 note when it differs in length from what was sent. With --bytes N, each of the K clients

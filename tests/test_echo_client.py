@@ -136,19 +136,33 @@ def test_after_ctrl_d_the_wait_for_the_server_is_bounded():
 
 # -- payloads (TCP) ------------------------------------------------------------------------
 
+def connecting_to(port):
+    """Whether some socket on this machine is in SYN_SENT towards 127.0.0.1:port."""
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == f"0100007F:{port:04X}" and fields[3] == "02":  # 02: SYN_SENT
+            return True
+    return False
+
+
 def test_clients_all_connect_before_any_sends(background):
-    # A listener with backlog 0 holds one queued connection; the test takes the first one
-    # and then waits for whichever comes first: bytes from it, or the second connection.
-    # A client that sends before every client is connected sends while the second waits.
+    # A listener with backlog 0 holds one finished connection; while it is not accepted,
+    # the kernel drops the second client's SYN, so the client waits in its second connect
+    # (SYN_SENT) and retries a second later. At that moment a client that connects all
+    # before sending has sent nothing on the first connection.
     with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        port = listener.getsockname()[1]
+        proc = background("--port", port, "--bytes", 64, "--clients", 2, "--timeout", BOUND)
+        harness.wait_until(lambda: connecting_to(port), timeout=BOUND,
+                           what="the client waiting in its second connect")
         listener.settimeout(BOUND)
-        proc = background("--port", listener.getsockname()[1], "--bytes", 64,
-                          "--clients", 2, "--timeout", BOUND)
         first, _ = listener.accept()
         with first:
-            readable, _, _ = select.select([first, listener], [], [], BOUND)
-            assert listener in readable, "the first client sent before the second connected"
-            second, _ = listener.accept()
+            readable, _, _ = select.select([first, listener], [], [], 0)
+            # Bytes on the first connection before the second exists: sent too early.
+            assert not (first in readable and listener not in readable), \
+                "the first client sent before the second had connected"
+            second, _ = listener.accept()  # the SYN retried a second later gets in now
             with second:
                 wait_for_stderr(proc, "connected 2 clients")
                 for sock in (first, second):  # be the echo server for both
