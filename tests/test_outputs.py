@@ -139,3 +139,14 @@ def test_make_outputs_passes_the_notebooks_and_the_flag_on():
 def test_an_unknown_lesson_number_is_one_clear_line():
     with pytest.raises(SystemExit, match="no notebook in notebooks/ starts with '99'"):
         tool.chosen(["99"])
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
+                         ids=lambda p: p.name)
+def test_the_committed_notebooks_store_no_run_timestamps(notebook):
+    """What `make outputs` writes; a run stored another way adds a timestamp to every cell,
+    and every later run would show as a change."""
+    stamped = [i + 1 for i, cell in enumerate(json.loads(notebook.read_text())["cells"])
+               if "execution" in cell["metadata"]]
+    assert not stamped, (f"cells {stamped} carry run timestamps: store the run with "
+                         f"`make outputs NB={notebook.name[:2]}`")
