@@ -254,12 +254,19 @@ def payload_summary(clients, size):
     clients = list(clients.values())
     intact = sum(client.intact() for client in clients)
     parts = [f"{intact} of {plural(len(clients), 'client')} got all {size} bytes back intact"]
-    damaged = sum(client.done and client.error is None and not client.intact()
-                  for client in clients)
+    closed = [client for client in clients
+              if client.done and client.error is None and not client.intact()]
+    nothing = sum(not client.got for client in closed)
+    part = sum(bool(client.got) and client.data.startswith(client.got) for client in closed)
+    other = len(closed) - nothing - part
     failed = [client.error for client in clients if client.error]
     still = sum(not client.done for client in clients)
-    if damaged:
-        parts.append(f"{damaged} got something else before the server closed")
+    if nothing:
+        parts.append(f"{nothing} got nothing back before the server closed")
+    if part:
+        parts.append(f"{part} got only part of the echo before the server closed")
+    if other:
+        parts.append(f"{other} got different bytes back")
     if failed:
         parts.append(f"{len(failed)} failed ({failed[0]})")
     if still:

@@ -197,6 +197,28 @@ def test_a_client_sends_its_end_of_file_only_after_its_echo(background):
     assert proc.returncode == 0
 
 
+@pytest.mark.parametrize("answer, verdict", [
+    (lambda data: b"", "1 got nothing back before the server closed; 0 of 64 bytes came back"),
+    (lambda data: data[:10], "1 got only part of the echo before the server closed; "
+                             "10 of 64 bytes came back"),
+    (lambda data: bytes(64), "1 got different bytes back; 64 of 64 bytes came back"),
+])
+def test_a_server_that_closes_early_is_described(background, answer, verdict):
+    # What a crashing or careless server looks like from the client: it reads, perhaps
+    # answers something, and closes.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(BOUND)
+        proc = background("--port", listener.getsockname()[1], "--bytes", 64,
+                          "--timeout", BOUND)
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(BOUND)
+            conn.sendall(answer(harness.recv_exactly(conn, 64)))
+    out, _ = proc.communicate(timeout=BOUND)
+    assert out.decode().strip() == f"0 of 1 client got all 64 bytes back intact; {verdict}"
+    assert proc.returncode == 1
+
+
 @pytest.mark.parametrize("skip, served", [(None, 5), ("accept", 1)])
 def test_a_paused_server_sees_the_clients_arrive_in_one_edge(start, background, skip, served):
     # The instructor's demo: stop the server, let every client connect, resume it. All five
