@@ -816,3 +816,17 @@ def last_words(server: Server, timeout: float = IO_TIMEOUT) -> tuple[int, str]:
     status = server.stop()  # already exited: this only collects the rest of its output
     lines = [line.strip() for line in server.stderr.splitlines() if line.strip()]
     return status, lines[-1] if lines else ""
+
+
+def activity(server: Server, window: float = 0.5, step: float = 0.02) -> list[tuple[float, float, str]]:
+    """Samples over a measuring window: (seconds since it began, CPU seconds the server used
+    since then, its state: R running or waiting for a CPU, S asleep, ...). A spinning loop is
+    R in every sample however busy the machine (it may wait for a CPU, it never sleeps); an
+    idle server is S, asleep in epoll_wait."""
+    before, began, samples = server.cpu_seconds(), time.monotonic(), []
+    while (now := time.monotonic() - began) < window:
+        samples.append((now, server.cpu_seconds() - before, process_state(server.pid)))
+        time.sleep(step)  # a measuring window, not synchronisation
+    samples.append((time.monotonic() - began, server.cpu_seconds() - before,
+                    process_state(server.pid)))
+    return samples
