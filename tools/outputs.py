@@ -37,6 +37,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbval.plugin import coalesce_streams
 from traitlets import default
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +93,8 @@ def comparable(outputs, patterns, numbers=True):
         return text if numbers else re.sub(r" +", " ", NUMBER.sub("N", text))
 
     shown = []
-    for out in outputs:
+    # nbval merges the streams of one name (a line printed late may come as a separate output)
+    for out in coalesce_streams(copy.deepcopy(outputs)):
         if out.get("output_type") == "stream":
             shown.append((out["name"], clean(out["text"])))
         elif out.get("output_type") == "error":
