@@ -15,10 +15,8 @@ help:
 	@echo "make slides every lesson as a reveal.js deck, in $(EXPORT_DIR)/slides (works offline)"
 	@echo "make html   every lesson as a static page with an index, in $(EXPORT_DIR)/html"
 	@echo "For contributors (see CONTRIBUTING.md):"
-	@echo "make outputs       run every notebook top to bottom and store its outputs (NB=03 for one;"
-	@echo "                   FRESH=1 also replaces pictures and measurements that merely vary)"
-	@echo "make tables        rewrite the lesson tables of README.md and notebooks/INSTRUCTOR.md"
-	@echo "                   from lessons/lessons.toml"
+	@echo "make outputs  run every notebook top to bottom, store its outputs (NB=03: only notebook 03)"
+	@echo "make tables   write the lesson tables of README.md and INSTRUCTOR.md from lessons/lessons.toml"
 
 $(READY): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: the workbook needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0] + " (try: make test PYTHON=python3.12)")'
