@@ -20,7 +20,10 @@ from pathlib import Path
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, pinned in requirements.txt
-    import tomli as tomllib
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        sys.exit(f"error: tomli is missing: run `make tables`, or .venv/bin/python {sys.argv[0]}")
 
 ROOT = Path(__file__).resolve().parent.parent
 LIST = ROOT / "lessons" / "lessons.toml"

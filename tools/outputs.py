@@ -31,14 +31,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import ipykernel.kernelspec
-import nbformat
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-from nbval.plugin import coalesce_streams
-from traitlets import default
+try:
+    import ipykernel.kernelspec
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    from nbval.plugin import coalesce_streams
+    from traitlets import default
+except ImportError as e:
+    sys.exit(f"error: {e.name} is missing: run `make outputs`, or .venv/bin/python {sys.argv[0]}")
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
