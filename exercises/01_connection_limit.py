@@ -12,8 +12,8 @@ The rest of lesson 01's description follows.
 Every byte a client sends comes back to it. One thread, one epoll instance, any number of
 clients. Run it, then talk to it from another terminal:
 
-    python lessons/01_lt_echo.py              # listening on 127.0.0.1:9001
-    python lessons/echo_client.py --port 9001
+    python3 lessons/01_lt_echo.py              # listening on 127.0.0.1:9001
+    python3 lessons/echo_client.py --port 9001
 
 Level-triggered (the default mode of epoll) means: epoll_wait reports a socket for as long
 as it is ready. Data left unread is reported again on the next call, so this server may read

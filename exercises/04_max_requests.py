@@ -10,7 +10,7 @@ beside the answer.
 
 Lesson 04 says the rest:
 
-    python lessons/04_http_responder.py        # listening on 127.0.0.1:9004
+    python3 lessons/04_http_responder.py        # listening on 127.0.0.1:9004
     curl -v http://127.0.0.1:9004/
     curl --data-binary 'hi there' http://127.0.0.1:9004/echo
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Check the exercises: `make check` (or `python exercises/check.py [NAME ...]`).
+"""Check the exercises: `make check` (or `.venv/bin/python exercises/check.py [NAME ...]`).
 
 Each exercise is a lesson server in exercises/ with lines marked TODO for you to change;
 its finished version is in solutions/ under the same name (look only when stuck). The check
@@ -9,8 +9,8 @@ never reads, a half-close, garbage bytes), which no server may let crash it, los
 grow without bound, or stop serving the others.
 
     make check                      # every exercise, in order
-    python exercises/check.py 01    # only the ones whose name starts with 01
-    python exercises/check.py --solutions   # the same checks against solutions/
+    .venv/bin/python exercises/check.py 01    # only the ones whose name starts with 01
+    .venv/bin/python exercises/check.py --solutions   # the same checks against solutions/
     python tools/exercises.py --write 03    # start exercise 03 over (your changes are lost)
 """
 

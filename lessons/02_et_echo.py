@@ -3,8 +3,8 @@
 
 Run it, then talk to it from another terminal:
 
-    python lessons/02_et_echo.py              # listening on 127.0.0.1:9002
-    python lessons/echo_client.py --port 9002
+    python3 lessons/02_et_echo.py              # listening on 127.0.0.1:9002
+    python3 lessons/echo_client.py --port 9002
 
 Edge-triggered means: epoll_wait reports a socket when something *arrives* on it: a segment
 of data, a client's completed handshake, send space freed after the buffer ran full, the
@@ -266,11 +266,12 @@ class EchoServer:
         conn = self.conns.get(fd)
         if conn is None:  # closed by an earlier event in this same batch
             return
-        # Write first, then read. Sending may lift a throttle; the read that follows then
-        # takes what waited meanwhile. A read that ends throttled is the last word of this
-        # pass, so update_interest drops EPOLLIN, and adding it back later (an epoll_ctl
-        # that re-checks readiness) reports what is still waiting. Read first, and a send
-        # after it could lift the throttle with EPOLLIN never dropped: no new edge, a stall.
+        # Write first, then read: a send that lifts the throttle is followed at once by a
+        # read of what waited meanwhile, and a read that ends throttled is the last word of
+        # this pass, so update_interest drops EPOLLIN; adding it back later is an epoll_ctl
+        # that re-checks readiness and reports what still waits. (Read first is safe too,
+        # by subtler paths: that same re-check when the mask changes, and the EPOLLOUT report
+        # after a send met EAGAIN, which also carries EPOLLIN while data waits.)
         if ev & (WRITABLE | TROUBLE):
             self.on_writable(conn)
         if ev & (READABLE | TROUBLE) and not conn.closed:

@@ -5,26 +5,31 @@ Lesson 02's rule: on every edge, accept, recv and send until the call would bloc
 BlockingIOError in Python). This server is lesson 02's, with each way of breaking that rule
 available as a flag, so that you can watch what breaks. The default is the correct server.
 
-    python lessons/03_et_drain_pitfalls.py                     # drains: correct
-    python lessons/03_et_drain_pitfalls.py --skip-drain recv   # one small recv per edge
-    python lessons/03_et_drain_pitfalls.py --skip-drain accept # one accept per edge
-    python lessons/03_et_drain_pitfalls.py --skip-drain send   # one small send per edge
-    python lessons/03_et_drain_pitfalls.py --level --skip-drain recv   # LT forgives it
+    python3 lessons/03_et_drain_pitfalls.py                     # drains: correct
+    python3 lessons/03_et_drain_pitfalls.py --skip-drain recv   # one small recv per edge
+    python3 lessons/03_et_drain_pitfalls.py --skip-drain accept # one accept per edge
+    python3 lessons/03_et_drain_pitfalls.py --skip-drain send   # one small send per edge
+    python3 lessons/03_et_drain_pitfalls.py --level --skip-drain recv   # LT forgives it
 
 Then, from another terminal, the client that shows each pitfall (each one stalls and times
 out against its broken server, and finishes at once against the correct one):
 
-    python lessons/echo_client.py --port 9003 --bytes 10000 --timeout 5              # recv
-    python lessons/echo_client.py --port 9003 --bytes 64 --clients 5 --timeout 5     # accept
-    python lessons/echo_client.py --port 9003 --bytes 200000 --timeout 5             # send
+    python3 lessons/echo_client.py --port 9003 --bytes 10000 --timeout 5              # recv
+    python3 lessons/echo_client.py --port 9003 --bytes 200000 --timeout 5             # send
+    python3 lessons/echo_client.py --port 9003 --bytes 64 --clients 5 --timeout 10    # accept
+
+The accept pitfall needs its clients to arrive together: stop the server first (Ctrl-Z in
+its terminal), run the client, and when it says "connected 5 clients", resume the server
+(fg). Arrivals that come while the listener is already on the ready list make one report;
+with the server running, each client may be its own edge and all five may be served.
 
 The opposite mistake is to drain one busy connection so greedily that nobody else is served
 until its sender pauses. epoll(7), "Possible pitfalls and ways to avoid them", suggests the
 fix: take a bounded amount from each ready connection per turn, and remember in your own
 ready list which ones still have data, serving them round-robin. That is --budget:
 
-    python lessons/03_et_drain_pitfalls.py --work 20                 # greedy drain
-    python lessons/03_et_drain_pitfalls.py --work 20 --budget 16384  # fair turns
+    python3 lessons/03_et_drain_pitfalls.py --work 20                 # greedy drain
+    python3 lessons/03_et_drain_pitfalls.py --work 20 --budget 16384  # fair turns
 
 --work N makes every KiB read cost N microseconds of CPU, as parsing or compressing the
 data would; without it a Python echo server moves bytes about as fast as loopback delivers
@@ -144,8 +149,8 @@ class EchoServer:
     # -- the handlers -------------------------------------------------------------------
 
     def on_accept(self):
-        # Several clients that arrive together make one edge on the listener. Accept until
-        # the queue is empty, or the ones still queued wait until yet another client comes.
+        # Edge-triggered: clients that arrived since the last epoll_wait make one report.
+        # Accept until the queue is empty, or the ones still queued wait for yet another client.
         while True:
             try:
                 sock, _ = self.listener.accept()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Lesson 04: an HTTP/1.1 responder on epoll that curl, browsers and wrk accept.
 
-    python lessons/04_http_responder.py        # listening on 127.0.0.1:9004
+    python3 lessons/04_http_responder.py        # listening on 127.0.0.1:9004
     curl -v http://127.0.0.1:9004/
     curl --data-binary 'hi there' http://127.0.0.1:9004/echo
 

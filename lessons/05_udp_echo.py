@@ -4,9 +4,9 @@
 Every datagram a client sends comes back to it, whole. Run it, then talk to it from another
 terminal (each line you type is one datagram):
 
-    python lessons/05_udp_echo.py                  # listening on 127.0.0.1:9005
-    python lessons/echo_client.py --udp --port 9005
-    python lessons/05_udp_echo.py --bufsize 1024   # the classic bug: big datagrams cut short
+    python3 lessons/05_udp_echo.py                  # listening on 127.0.0.1:9005
+    python3 lessons/echo_client.py --udp --port 9005
+    python3 lessons/05_udp_echo.py --bufsize 1024   # the classic bug: big datagrams cut short
 
 What UDP changes compared with the TCP lessons:
 
@@ -32,7 +32,7 @@ import signal
 import socket
 import sys
 
-EDGE = select.EPOLLET  # report changes of readiness, once each
+EDGE = select.EPOLLET  # report arrivals (datagrams, freed send space), not levels
 READABLE = select.EPOLLIN
 WRITABLE = select.EPOLLOUT
 # Always reported, asked or not. On a UDP socket EPOLLERR means a pending error (an ICMP

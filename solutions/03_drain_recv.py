@@ -10,11 +10,11 @@ something new arrives from that client, which sent everything already.
 Change the lines marked TODO in exercises/03_drain_recv.py so that on_readable() drains:
 recv until BlockingIOError. Mind the end of the stream: at EOF recv() returns b"" every time
 you call it, it does not raise, so a loop that waits for an exception spins forever. Then
-run `make check` (or `python exercises/check.py 03`). The finished version is
+run `make check` (or `.venv/bin/python exercises/check.py 03`). The finished version is
 solutions/03_drain_recv.py, with the starting point's lines beside the answer.
 
-    python exercises/03_drain_recv.py               # listening on 127.0.0.1:9013
-    python lessons/echo_client.py --port 9013 --bytes 10000
+    python3 exercises/03_drain_recv.py               # listening on 127.0.0.1:9013
+    python3 lessons/echo_client.py --port 9013 --bytes 10000
 """
 
 import argparse
@@ -255,8 +255,8 @@ class EchoServer:
         conn = self.conns.get(fd)
         if conn is None:  # closed by an earlier event in this same batch
             return
-        # Write first, then read (lesson 02 says why): a read that ends throttled is then
-        # the last word of this pass, and update_interest drops EPOLLIN for it.
+        # Write first, then read, as lesson 02 does: a read that ends throttled is then the
+        # last word of this pass, and update_interest drops EPOLLIN for it.
         if ev & (WRITABLE | TROUBLE):
             self.on_writable(conn)
         if ev & (READABLE | TROUBLE) and not conn.closed:

@@ -13,7 +13,7 @@ Change the lines marked TODO in on_readable so that
     edge-triggered: whatever the drain leaves unread is not reported again until yet another
     datagram happens to arrive.
 
-Check your work with `python exercises/check.py 05` (or `make check`). The finished version
+Check your work with `.venv/bin/python exercises/check.py 05` (or `make check`). The finished version
 is solutions/05_udp_empty_datagram.py, with the starting point's lines beside the answer.
 """
 
