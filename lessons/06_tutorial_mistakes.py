@@ -284,7 +284,7 @@ class Server:
         # right: lesson 02, EchoServer.dispatch stops once the connection is closed.
         if conn.closed and self.mistake != "use-after-close":
             return
-        conn = self.conns[fd]
+        conn = self.conns[fd]  # each tutorial branch looked the state up again by fd
         if ev & WRITABLE:
             self.on_writable(conn)
         if not conn.closed:
