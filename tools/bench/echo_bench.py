@@ -11,7 +11,7 @@ figures are printed: a figure that depends on the tool shows itself. Rounds alte
 servers and between generators; each figure is the median of its rounds, printed with the
 lowest and the highest, and the ratios to asyncio are taken round by round.
 
-    .venv/bench/bin/python tools/bench/echo_bench.py [--rounds 5] [--seconds 2] [--pin]
+    .venv/bench/bin/python tools/bench/echo_bench.py [--rounds 5] [--seconds 2] [--no-pin]
 
 This is a benchmark, not a test: it prints numbers and asserts nothing about them. The numbers
 depend on the machine, and on whatever else it is doing (the load average is printed).
@@ -71,20 +71,23 @@ def loadavg():
 
 
 def pin(servers):
-    """With --pin: the servers on the first CPU, the load generators on the last.
+    """The servers on the first CPU, the load generators on the last (unless --no-pin).
 
-    By default nothing is pinned, by measurement. On a 2-core machine busy with other work
+    Where each process runs changes the figure. On a 2-core machine busy with other work
     (load average 3.4 to 4), 1 s runs alternating between placements gave these medians, in
     messages/s: one core each / left to the scheduler / both on one core:
         lesson 01, echo_load     38k /  68k / 58k
         lesson 02, echo_load     57k /  81k / 81k
         asyncio,   echo_poll     43k /  71k / 62k
-    (and lesson 01 under a load average of 8: 28k / 36k / 50k). A pinned process waits
-    whenever another program runs on its core, even while the other core is idle; left to
-    the scheduler, it runs wherever a core is free. Sharing one core would charge each
-    generator's own cost to the server, and the two generators cost differently. On a
-    machine with nothing else to do, --pin makes certain that each has a core of its own.
-    Returns (server CPU, generator CPU), or None when there are fewer than two CPUs."""
+    Pinned, a process waits whenever another program runs on its core, even while the other
+    core is idle, so on a busy machine pinned figures are lower. Left to the scheduler, they
+    are higher but fall in two groups: in a full run (load average 2.3 to 5.5) most rounds
+    found the server and the generator sharing one core (their CPU shares adding up to about
+    100%, near 88k messages/s for asyncio) and some found them on a core each (near 160k).
+    Sharing one core also charges each generator's own cost to the server, and the two
+    generators cost differently. Pinned, every round has the same placement: the server on
+    a core of its own, which is what a quiet machine gives it. Returns (server CPU,
+    generator CPU), or None when there are fewer than two CPUs."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None
@@ -135,7 +138,7 @@ def run(args):
         binaries = build(tmp)
         servers = {name: stack.enter_context(harness.start(*server_args))
                    for name, _, server_args in SERVERS}
-        cores = pin(servers.values()) if args.pin else None
+        cores = None if args.no_pin else pin(servers.values())
         print(f"servers on CPU {cores[0]}, load generators on CPU {cores[1]}" if cores else
               "not pinned: the scheduler places the servers and the load generators")
         # The warm-up matters most for asyncio: its transport reads with recv(256 KiB), and
@@ -231,9 +234,9 @@ def main():
     parser.add_argument("--size", type=int, default=64, help="bytes per message (24 or more)")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one measurement")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--pin", action="store_true",
-                        help="servers on the first CPU, load generators on the last (for an "
-                             "otherwise idle machine; by default the scheduler places them)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="leave the servers and the load generators to the scheduler "
+                             "(by default: servers on the first CPU, generators on the last)")
     args = parser.parse_args()
     if not (1 <= args.connections <= 10000 and 24 <= args.size <= 65536
             and 0 < args.seconds <= 60 and 1 <= args.rounds <= 100):
