@@ -73,21 +73,22 @@ def loadavg():
 def pin(servers):
     """The servers on the first CPU, the load generators on the last (unless --no-pin).
 
-    Where each process runs changes the figure. On a 2-core machine busy with other work
-    (load average 3.4 to 4), 1 s runs alternating between placements gave these medians, in
-    messages/s: one core each / left to the scheduler / both on one core:
-        lesson 01, echo_load     38k /  68k / 58k
-        lesson 02, echo_load     57k /  81k / 81k
-        asyncio,   echo_poll     43k /  71k / 62k
-    Pinned, a process waits whenever another program runs on its core, even while the other
-    core is idle, so on a busy machine pinned figures are lower. Left to the scheduler, they
-    are higher but fall in two groups: in a full run (load average 2.3 to 5.5) most rounds
-    found the server and the generator sharing one core (their CPU shares adding up to about
-    100%, near 88k messages/s for asyncio) and some found them on a core each (near 160k).
-    Sharing one core also charges each generator's own cost to the server, and the two
-    generators cost differently. Pinned, every round has the same placement: the server on
-    a core of its own, which is what a quiet machine gives it. Returns (server CPU,
-    generator CPU), or None when there are fewer than two CPUs."""
+    Where each process runs changes the figure. On a 2-core machine, 1 s runs alternating
+    between placements gave these medians, in messages/s:
+                                          one core each  scheduler's choice  one core for both
+        lesson 01, busy (load average 8)       28k              36k                50k
+        lesson 01, idle but for the bench     150k             155k                88k
+        asyncio,   idle but for the bench     168k             169k                85k
+    On the idle machine sharing one core halved the figure: it charges each generator's own
+    cost to the server.
+    Between one core each and the scheduler's choice, full runs on the idle machine gave
+    medians within 10% of each other (uvloop's excepted: up to 22% higher left to the
+    scheduler),
+    but left to the scheduler every figure spread wider: +-14-25% against +-3-18% pinned.
+    So by default each server has a core of its own and the generators the other. On a busy
+    machine a pinned process waits whenever another program runs on its core, even while
+    the other core is idle: there --no-pin may measure more. Returns (server CPU, generator
+    CPU), or None when there are fewer than two CPUs."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None
