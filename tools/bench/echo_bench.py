@@ -80,12 +80,10 @@ def pin(servers):
         lesson 01, idle but for the bench     150k             155k                88k
         asyncio,   idle but for the bench     168k             169k                85k
     On the idle machine sharing one core halved the figure: it charges each generator's own
-    cost to the server.
-    Between one core each and the scheduler's choice, full runs on the idle machine gave
-    medians within 10% of each other (uvloop's excepted: up to 22% higher left to the
-    scheduler),
-    but left to the scheduler every figure spread wider: +-14-25% against +-3-18% pinned.
-    So by default each server has a core of its own and the generators the other. On a busy
+    cost to the server. Between one core each and the scheduler's choice, full runs on the
+    idle machine gave medians within 10% of each other (uvloop's excepted: up to 22% higher
+    left to the scheduler), but left to the scheduler every figure spread wider: +-14-25%
+    against +-3-18% pinned. So by default each server has a core of its own and the generators the other. On a busy
     machine a pinned process waits whenever another program runs on its core, even while
     the other core is idle: there --no-pin may measure more. Returns (server CPU, generator
     CPU), or None when there are fewer than two CPUs."""
