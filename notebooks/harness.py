@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import os
 import select
 import selectors
@@ -27,6 +28,7 @@ import socket
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -830,3 +832,53 @@ def activity(server: Server, window: float = 0.5, step: float = 0.02) -> list[tu
     samples.append((time.monotonic() - began, server.cpu_seconds() - before,
                     process_state(server.pid)))
     return samples
+
+
+# -- a client that is owed output when it half-closes ------------------------------------------
+
+def kernel_takes(piece: bytes = bytes(1 << 16), rcvbuf: int = 4096) -> int:
+    """How many bytes the kernel accepts from a loopback sender, in sends of `piece`, when
+    the reader has an `rcvbuf` receive buffer and reads nothing: what a server can hand to
+    such a client before it must keep the rest itself."""
+    with free_port_in_use() as listener:
+        with connect(listener.getsockname(), rcvbuf=rcvbuf):
+            sender, _ = listener.accept()
+            with sender:
+                sender.setblocking(False)
+                taken = 0
+                try:
+                    while True:
+                        taken += sender.send(piece)
+                except BlockingIOError:
+                    return taken
+
+
+def _unsent(sock: socket.socket) -> int:
+    # SIOCOUTQ (the same number as TIOCOUTQ): bytes this socket sent that the peer's kernel
+    # has not acknowledged yet.
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def owed_at_eof(server: Server, payload: bytes, rcvbuf: int = 4096,
+                timeout: float = IO_TIMEOUT) -> bytes:
+    """Send `payload`, half-close, and read only once the server has read all of it and the
+    EOF; then read until the server closes. Returns what came back.
+
+    A payload somewhat larger than kernel_takes() (and smaller than what the server reads
+    before it pushes back) leaves the server holding output it owes at the moment it reads
+    EOF, every run: a server that closes at EOF then loses exactly that tail. (A client that
+    reads while it sends makes the same loss depend on timing.)
+    """
+    with server.connect(timeout=timeout, rcvbuf=rcvbuf) as sock:
+        send_all(sock, payload, timeout)
+        sock.shutdown(socket.SHUT_WR)
+
+        def all_read():
+            try:
+                return _unsent(sock) == 0 and unread_bytes(server, sock) == 0
+            except LookupError:  # the server's side is gone: it closed, nothing is unread
+                return True
+
+        wait_until(all_read, timeout=timeout, what="the server reading everything sent")
+        wait_in_epoll_wait(server, timeout)  # nothing left to read: the EOF was read too
+        return recv_until_eof(sock, timeout)

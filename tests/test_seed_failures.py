@@ -138,50 +138,32 @@ def test_resets_at_every_moment_stop_only_that_connection(start, lesson):
 # -- what is owed after EOF ----------------------------------------------------------------
 # On EOF the tutorials closed at once and threw away output they still owed: a client that
 # sends, half-closes and then reads got less than it was owed. Loopback's buffers hide this
-# (the kernel takes the whole answer before the EOF is read), so the client here keeps a
-# 4 KiB receive buffer: the server must hold most of the answer and deliver it after EOF.
+# (the kernel takes the whole answer before the EOF is read), so the client keeps a 4 KiB
+# receive buffer and sends 768 KiB more than the kernel takes for it: when the server reads
+# EOF it holds that much itself, below its high-water mark (1 MiB), so it read on to the EOF.
+# harness.owed_at_eof reads only once the server has read everything: the loss, if any, is
+# the same every run.
+
+OWED = 768 * 1024
+
 
 @pytest.mark.parametrize("lesson", ECHO)
 def test_half_close_gets_everything_owed_by_a_slow_reader(start, lesson):
     server = start(lesson)
-    payload = os.urandom(6 * MiB)
-    with server.connect(rcvbuf=4096) as sock:
-        got = harness.half_close_and_read(sock, payload, timeout=60)
+    payload = os.urandom(harness.kernel_takes() + OWED)
+    got = harness.owed_at_eof(server, payload)
     assert len(got) == len(payload) and got == payload, f"{len(payload) - len(got)} bytes lost"
     still_serves(server)
 
 
-def kernel_takes(piece, rcvbuf=4096):
-    """How many bytes the kernel accepts from a loopback sender, in sends of `piece`, when
-    the reader has an `rcvbuf` receive buffer and reads nothing."""
-    with harness.free_port_in_use() as listener:
-        with harness.connect(listener.getsockname(), rcvbuf=rcvbuf):
-            sender, _ = listener.accept()
-            with sender:
-                sender.setblocking(False)
-                taken = 0
-                try:
-                    while True:
-                        taken += sender.send(piece)
-                except BlockingIOError:
-                    return taken
-
-
 def test_half_closed_http_client_gets_every_answer(start):
-    # Lesson 04 stops reading while more than its high-water mark (1 MiB) is unsent, so it
-    # reads EOF owing something only when its answers outgrow what the kernel takes for a
-    # client that does not read, by less than that mark. Ask for that much: 512 KiB more.
     server = start("04_http_responder.py")
     with server.connect() as sock:
         harness.send_all(sock, GET)
         _, head, body = harness.recv_http_response(sock)
     one = len(head) + len(body)
-    count = (kernel_takes(bytes(one * 2000)) + 512 * 1024) // one
-    with server.connect(rcvbuf=4096) as sock:
-        harness.send_all(sock, GET * count)
-        sock.shutdown(socket.SHUT_WR)
-        assert server.asleep_in_epoll(), "the server did not go back to epoll_wait"
-        got = harness.recv_until_eof(sock, timeout=30)  # only now: it has read the EOF
+    count = (harness.kernel_takes(bytes(one * 2000)) + OWED) // one
+    got = harness.owed_at_eof(server, GET * count)
     answers = got.count(b"HTTP/1.1 200 OK\r\n")
     assert answers == count, f"{count - answers} of {count} answers lost"
     still_serves(server)

@@ -21,9 +21,10 @@ IO = 5.0  # seconds for any one client operation; loopback answers in well under
 SETTLE = 5.0  # seconds a server may take to deal with a client and sleep in epoll_wait again
 SMALL = 64 * 1024  # fits in the kernel's socket buffers while the server is paused
 LARGE = 200_000  # more than the socket buffers hold at first: the echo takes several turns
-# More than the kernel buffers of both ends hold, sent to a reader with a small window: when
-# EOF arrives the server itself still holds part of the echo, and must not drop it.
-HALF_CLOSE_BYTES = 8_000_000
+# More than the kernel takes for a reader with a 4 KiB window, by less than the lessons'
+# HIGH_WATER (1 MiB): when the server reads EOF it still holds this much of the echo itself,
+# every run, and must not drop it.
+OWED_AT_EOF = 768 * 1024
 GARBAGE = bytes(range(256)) * 4  # every byte value: NUL, control bytes, invalid UTF-8
 BIGGEST_DATAGRAM = 65_507  # over IPv4: 65,535 less the IP and UDP headers
 # A client that never reads: the lessons stop reading from it at HIGH_WATER (1 MiB), so the
@@ -149,16 +150,15 @@ def tcp_echo(script, *args: str) -> str:
         survive(server, "a client that reset the connection while your server still owed it "
                 "an echo", echo_newcomer)
 
-        did = (f"a client that sent {HALF_CLOSE_BYTES} bytes, half-closed (shutdown SHUT_WR) "
-               "and read slowly (a 4 KiB receive buffer)")
-        payload = os.urandom(HALF_CLOSE_BYTES)
-        with server.connect(timeout=IO, rcvbuf=4096) as sock:
-            try:
-                got = harness.half_close_and_read(sock, payload, timeout=IO)
-            except harness.Stalled as e:
-                alive(server, did)
-                raise BrokenBy(f"{did} got {len(e.received)} bytes back and no end of the "
-                               f"stream within {IO:g} s") from None
+        payload = os.urandom(harness.kernel_takes() + OWED_AT_EOF)
+        did = (f"a client that sent {len(payload)} bytes, half-closed (shutdown SHUT_WR) "
+               "and then read (a 4 KiB receive buffer)")
+        try:
+            got = harness.owed_at_eof(server, payload, timeout=IO)
+        except harness.Stalled as e:
+            alive(server, did)
+            raise BrokenBy(f"{did} got {len(e.received)} bytes back and no end of the "
+                           f"stream within {IO:g} s") from None
         alive(server, did)
         if got != payload:
             what = "only the first" if payload.startswith(got) else "an altered"
