@@ -119,6 +119,21 @@ def test_stores_what_strict_nbval_expects_and_only_what_was_edited_changes(tmp_p
     assert ["".join(o["text"]) for o in fresh[2]["outputs"]] == ["hello from the kernel\n"]
 
 
+def test_a_changed_output_of_any_kind_nbval_compares_is_stored(tmp_path, capfd):
+    # nbval compares every kind of output but pictures: a table shown as text/markdown whose
+    # rows changed (because a cell above it changed what it measured) is a change, even
+    # where its text/plain is the same.
+    cell = new_code_cell("display({'text/markdown': '| new |', 'text/plain': '<table>'}, raw=True)")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"text/markdown": "| old |",
+                                                                  "text/plain": "<table>"})]
+    cell.execution_count = 1
+    path = make(tmp_path, [cell])
+    status, said = run(path, capfd=capfd)
+    assert status == 0, said.err
+    stored = json.loads(path.read_text())["cells"][0]["outputs"][0]["data"]
+    assert stored["text/markdown"] in ("| new |", ["| new |"]), stored
+
+
 @pytest.mark.parametrize("source, said", [
     ("import sys\nprint('careful', file=sys.stderr)", "cell 3 ('import sys') wrote to stderr: careful"),
     ("1 / 0", "cell 3 ('1 / 0') raised ZeroDivisionError: division by zero"),

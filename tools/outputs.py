@@ -81,7 +81,9 @@ def sanitize_patterns(path=SANITIZE):
     return pairs
 
 
-TEXT = ("text/plain", "text/html", "image/svg+xml", "text/latex")  # what nbval compares
+# What nbval leaves out of its comparison (its skip_compare, without nbdime); it compares
+# every other kind of output: text/plain, text/markdown, text/html, image/svg+xml, ...
+NOT_COMPARED = ("image/png", "image/jpeg", "application/vnd.jupyter.widget-view+json")
 NUMBER = re.compile(r"\d[\d.,]*")
 
 
@@ -104,7 +106,7 @@ def comparable(outputs, patterns, numbers=True):
             shown.append(("error", out.get("ename"), clean(out.get("evalue", ""))))
         else:
             shown.append(tuple(sorted((kind, clean(value)) for kind, value in out.get("data", {}).items()
-                                      if kind in TEXT)))
+                                      if kind not in NOT_COMPARED)))
     return shown
 
 
