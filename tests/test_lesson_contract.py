@@ -16,7 +16,7 @@ import pytest
 import harness
 import lesson_list  # tools/lesson_list.py: the one list of lessons, with each one's kind
 
-LESSONS = lesson_list.scripts()
+LESSONS = lesson_list.servers()  # every lesson that is a server (not the demonstrations)
 each_lesson = pytest.mark.parametrize("lesson", LESSONS)
 
 

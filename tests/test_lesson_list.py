@@ -40,6 +40,8 @@ def test_the_lesson_has_every_file_it_needs(lesson):
 def test_the_script_listens_by_default_on_the_listed_port(lesson):
     source = (ROOT / "lessons" / f"{lesson.name}.py").read_text(encoding="utf-8")
     found = DEFAULT_PORT.findall(source)
+    if lesson.kind == "demo" and not found:
+        return  # demonstrations that never listen need no --port
     assert found == [str(lesson.port)], (
         f"lessons/{lesson.name}.py: --port should default to {lesson.port} (lessons/lessons.toml); "
         f"its add_argument(\"--port\", ..., default=N) lines give {found}")
@@ -48,6 +50,9 @@ def test_the_script_listens_by_default_on_the_listed_port(lesson):
 @each_lesson
 def test_the_script_serves_what_its_kind_says(lesson):
     source = (ROOT / "lessons" / f"{lesson.name}.py").read_text(encoding="utf-8")
+    if lesson.kind == "demo":  # one sub-command for each demonstration, any kind of socket
+        assert "add_subparsers" in source, f"{lesson.name}: a demo lesson has sub-commands"
+        return
     assert ("SOCK_DGRAM" in source) == (lesson.kind == "udp"), lesson.kind
     assert ("HTTP/1.1" in source) == (lesson.kind == "http"), lesson.kind
 
@@ -56,6 +61,7 @@ def test_scripts_of_a_kind():
     assert lesson_list.scripts() == [f"{ls.name}.py" for ls in LESSONS]
     tcp = lesson_list.scripts("echo", "http")
     assert tcp and set(tcp) == {f"{ls.name}.py" for ls in LESSONS if ls.kind != "udp"}
+    assert lesson_list.servers() == [f"{ls.name}.py" for ls in LESSONS if ls.kind != "demo"]
     with pytest.raises(ValueError, match="no lesson kind"):
         lesson_list.scripts("tcp")
 

@@ -13,12 +13,16 @@ import pytest
 
 import harness
 from conftest import still_serves
+from lesson_list import scripts, servers  # tools/lesson_list.py: the one list of lessons
 
 MiB = 1 << 20
-ECHO = ["01_lt_echo.py", "02_et_echo.py", "03_et_drain_pitfalls.py"]
-TCP = ECHO + ["04_http_responder.py"]
-ALL = TCP + ["05_udp_echo.py"]
-LESSON_FILES = sorted(harness.LESSONS.glob("[0-9][0-9]_*.py"))
+# Every lesson that is a server, run as it starts with no flags, from lessons/lessons.toml.
+ECHO = scripts("echo")
+HTTP = scripts("http")
+UDP = scripts("udp")
+TCP = ECHO + HTTP
+ALL = servers()
+LESSON_FILES = [harness.LESSONS / name for name in ALL]
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 NOT_UTF8 = b"\xff\xfe\x80 not utf-8 \xc3\x28"
 
@@ -26,14 +30,14 @@ NOT_UTF8 = b"\xff\xfe\x80 not utf-8 \xc3\x28"
 def fill(lesson, sock, **kwargs):
     """Send without reading until the server holds all it will for this client (for lesson
     04, pipelined requests whose answers pile up)."""
-    chunk = GET * 2000 if lesson.startswith("04_") else None
+    chunk = GET * 2000 if lesson in HTTP else None
     return harness.fill_without_reading(sock, chunk=chunk, **kwargs)
 
 
 def request_for(lesson, payload):
     """What a client of `lesson` sends to carry `payload`: the bytes themselves for an echo,
     a POST /echo for the HTTP responder."""
-    if lesson.startswith("04_"):
+    if lesson in HTTP:
         head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(payload)
         return head + payload
     return payload
@@ -55,7 +59,7 @@ def test_a_burst_of_first_clients_is_served(start, lesson):
                 clients.append(sock)
                 harness.send_all(sock, request_for(lesson, b"first"))
         for sock in clients:
-            if lesson.startswith("04_"):
+            if lesson in HTTP:
                 assert harness.recv_http_response(sock)[2] == b"first"
             else:
                 assert harness.recv_exactly(sock, 5) == b"first"
@@ -68,16 +72,20 @@ def test_a_burst_of_first_clients_is_served(start, lesson):
 # -- bytes that are not text ---------------------------------------------------------------
 # One tutorial printed every chunk received with .decode(): a single byte that is not UTF-8
 # raised UnicodeDecodeError and ended the server for everybody. --trace is where a lesson
-# prints what happens, so it is on.
+# prints what happens, so it is on where the lesson has it.
+
+def traced(lesson):
+    return ["--trace"] if '"--trace"' in (harness.LESSONS / lesson).read_text() else []
+
 
 @pytest.mark.parametrize("lesson", ALL)
 def test_bytes_that_are_not_utf8_are_only_bytes(start, lesson):
-    server = start(lesson, "--trace")
-    if lesson.startswith("05_"):
+    server = start(lesson, *traced(lesson))
+    if lesson in UDP:
         with server.udp_client(timeout=2) as sock:
             sock.sendto(NOT_UTF8, server.address)
             assert sock.recv(1 << 16) == NOT_UTF8
-    elif lesson.startswith("04_"):
+    elif lesson in HTTP:
         for bad in (NOT_UTF8 + b"\r\n\r\n", b"GET /\xff\xfe HTTP/1.1\r\nHost: \xc3\x28\r\n\r\n",
                     request_for(lesson, NOT_UTF8)):
             with server.connect() as sock:
@@ -156,8 +164,9 @@ def test_half_close_gets_everything_owed_by_a_slow_reader(start, lesson):
     still_serves(server)
 
 
-def test_half_closed_http_client_gets_every_answer(start):
-    server = start("04_http_responder.py")
+@pytest.mark.parametrize("lesson", HTTP)
+def test_half_closed_http_client_gets_every_answer(start, lesson):
+    server = start(lesson)
     with server.connect() as sock:
         harness.send_all(sock, GET)
         _, head, body = harness.recv_http_response(sock)
@@ -169,14 +178,15 @@ def test_half_closed_http_client_gets_every_answer(start):
     still_serves(server)
 
 
-def test_pipelined_answers_reach_a_slow_reader_whole(start):
+@pytest.mark.parametrize("lesson", HTTP)
+def test_pipelined_answers_reach_a_slow_reader_whole(start, lesson):
     # Lesson 04's partial sends: 7 MiB of answers to pipelined requests, far more than the
     # kernel's buffers take, for a client with a 4 KiB receive buffer that half-closes.
-    server = start("04_http_responder.py")
+    server = start(lesson)
     bodies = [os.urandom(MiB - 1000) for _ in range(7)]
     with server.connect(rcvbuf=4096) as sock:
         got = harness.half_close_and_read(
-            sock, b"".join(request_for("04_", body) for body in bodies), timeout=60)
+            sock, b"".join(request_for(lesson, body) for body in bodies), timeout=60)
     answers = got.count(b"HTTP/1.1 200 OK\r\n")
     assert answers == len(bodies), f"{len(bodies) - answers} of {len(bodies)} answers lost"
     position = 0
@@ -298,12 +308,21 @@ def test_a_crowd_that_leaves_leaves_nothing_behind(start, lesson):
 # A tutorial used select.POLLERR where select.EPOLLERR was meant; it worked only because the
 # two constants happen to have the same value. The lessons use the EPOLL names only.
 
+def select_names(node):
+    return {n.attr for n in ast.walk(node)
+            if isinstance(n, ast.Attribute) and getattr(n.value, "id", "") == "select"}
+
+
 @pytest.mark.parametrize("path", LESSON_FILES, ids=lambda p: p.name)
 def test_lessons_use_epoll_names_only(path):
+    # A lesson that sets poll(2) beside epoll on purpose keeps poll's names inside the
+    # function or class that calls select.poll(); everywhere else only EPOLL names.
     tree = ast.parse(path.read_text())
-    used = {node.attr for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and getattr(node.value, "id", "") == "select"}
-    wrong = {name for name in used if name.startswith("POLL")}
-    assert not wrong, f"poll(2) constants in an epoll lesson: {sorted(wrong)}"
-    assert any(name.startswith("EPOLL") for name in used)
-    assert not {name for name in dir(select) if name.startswith("POLL")} & used
+    poll_names = {name for name in dir(select) if name.startswith("POLL")}
+    assert any(name.startswith("EPOLL") for name in select_names(tree))
+    for node in tree.body:
+        wrong = select_names(node) & poll_names
+        if wrong and isinstance(node, (ast.FunctionDef, ast.ClassDef)) \
+                and "poll" in select_names(node):
+            continue  # the poll(2) back-end itself
+        assert not wrong, f"poll(2) constants outside a poll(2) back-end: {sorted(wrong)}"

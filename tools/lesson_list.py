@@ -27,7 +27,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, pinned in requireme
 
 ROOT = Path(__file__).resolve().parent.parent
 LIST = ROOT / "lessons" / "lessons.toml"
-KINDS = ("echo", "http", "udp")  # a TCP echo server, an HTTP server, a UDP echo server
+SERVERS = ("echo", "http", "udp")  # a TCP echo server, an HTTP server, a UDP echo server
+KINDS = SERVERS + ("demo",)  # demo: a script of demonstrations (sub-commands), not a server
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,12 @@ def scripts(*kinds: str, lessons: list[Lesson] | None = None) -> list[str]:
     if unknown:
         raise ValueError(f"no lesson kind {sorted(unknown)}; the kinds are {KINDS}")
     return [f"{ls.name}.py" for ls in (lessons or load()) if not kinds or ls.kind in kinds]
+
+
+def servers(lessons: list[Lesson] | None = None) -> list[str]:
+    """The scripts that are servers, of every kind but "demo": each keeps the server
+    contract (CONTRIBUTING.md) when run with no flags."""
+    return scripts(*SERVERS, lessons=lessons)
 
 
 def readme_table(lessons: list[Lesson]) -> list[str]:
