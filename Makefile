@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.pins-installed
 
-.PHONY: lab test check bench slides html outputs tables help
+.PHONY: lab test check bench slides html outputs tables wheelhouse help
 help:
 	@echo "make lab    open JupyterLab on notebooks/ (prints the URL)"
 	@echo "make test   run every test and every notebook (nbval, strict)"
@@ -17,13 +17,21 @@ help:
 	@echo "For contributors (see CONTRIBUTING.md):"
 	@echo "make outputs  run every notebook top to bottom, store its outputs (NB=03: only notebook 03)"
 	@echo "make tables   write the lesson tables of README.md and INSTRUCTOR.md from lessons/lessons.toml"
+	@echo "make wheelhouse  download every pinned package into wheelhouse/; later set-ups here install from it, offline"
+
+# A folder of wheels (`make wheelhouse`) carried into a room with slow Wi-Fi: when it holds
+# any, .venv is installed from it alone, with no package index.
+WHEELHOUSE ?= wheelhouse
+FROM_WHEELHOUSE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE))
 
 $(READY): requirements.txt
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: the workbook needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0] + " (try: make test PYTHON=python3.12)")'
+	@# Linux first: on macOS or Windows no Python version would help.
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.platform == "linux" else "error: epoll exists only on Linux; use a Linux machine, a VM, WSL2 or a container (see README.md, Troubleshooting)")'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: the workbook needs Python 3.10 or newer; $(PYTHON) is " + sys.version.split()[0] + " (try: make test PYTHON=python3.12)")'
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV) || { echo "error: could not create $(VENV); on Debian or Ubuntu: sudo apt-get install python3-venv" >&2; exit 2; }
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(FROM_WHEELHOUSE) -r requirements.txt \
+	  || { echo "error: could not install requirements.txt into $(VENV) (pip says why above)$(if $(FROM_WHEELHOUSE), from $(WHEELHOUSE)/: was it made on this kind of machine? see make wheelhouse)" >&2; exit 2; }
 	@# matplotlib builds its font cache on first import and says so on stderr; do it now,
 	@# not inside the first notebook cell that draws (nbval would see the extra output).
 	$(BIN)/python -c "import matplotlib.pyplot"
@@ -69,3 +77,11 @@ slides: $(READY)
 
 html: $(READY)
 	$(BIN)/python tools/export/build.py html $(EXPORT_DIR)/html
+
+# Every pinned package as a wheel, for this machine's Python and processor. Copy the workbook
+# with its wheelhouse/ to each student (a USB stick): `make lab` and `make test` then install
+# from it with no network. Students on another processor (arm64 against x86_64) or another
+# Python need a wheelhouse made on such a machine.
+wheelhouse:
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --only-binary=:all: -r requirements.txt -d $(WHEELHOUSE)
+	@echo "$(WHEELHOUSE)/ holds $$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels for $$($(PYTHON) -c 'import platform, sys; print("Python", sys.version.split()[0], "on", platform.machine())')"
