@@ -882,3 +882,33 @@ def owed_at_eof(server: Server, payload: bytes, rcvbuf: int = 4096,
         wait_until(all_read, timeout=timeout, what="the server reading everything sent")
         wait_in_epoll_wait(server, timeout)  # nothing left to read: the EOF was read too
         return recv_until_eof(sock, timeout)
+
+
+class ToolMissing(RuntimeError):
+    """A command-line tool a cell drives is not installed. Shown in a notebook as its one
+    sentence, without a traceback: the cell stops there, and says why."""
+
+    def _render_traceback_(self):  # IPython shows these lines instead of a traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
+def require_tool(command: str) -> str:
+    """The path of a command-line tool (curl, wrk, nc, strace...) that a cell runs; raises
+    ToolMissing, one sentence naming the package that brings it, when it is not installed.
+    The packages are those of .ci/tools.txt, which CI and Binder install, so there a
+    missing tool fails the notebook: no cell is ever skipped."""
+    import shutil
+
+    path = shutil.which(command)
+    if path is not None:
+        return path
+    package = command
+    listed = ROOT / ".ci" / "tools.txt"
+    if listed.exists():
+        for line in listed.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and not fields[0].startswith("#") and fields[1] == command:
+                package = fields[0]
+    raise ToolMissing(f"{command} is not installed here, so this cell cannot run it: install the "
+                      f"package {package} (Debian or Ubuntu: sudo apt-get install {package}; on a "
+                      f"JupyterHub, ask whoever runs it to add {package} to the image).")

@@ -171,3 +171,30 @@ def test_reset_makes_the_server_see_econnreset_and_the_trace_parsers_read_it(sta
     assert harness.interest_changes(["interest fd 7: IN -> IN|OUT", "interest: OUT -> IN"]) \
         == [(7, "IN", "IN|OUT"), (None, "OUT", "IN")]
     assert harness.reads(["read fd 7: 1024 bytes, stopped by EAGAIN"]) == [(7, 1024)]
+
+
+def test_require_tool_gives_the_path_of_an_installed_tool():
+    assert harness.require_tool("sh") == __import__("shutil").which("sh")
+
+
+def test_a_missing_tool_is_one_sentence_in_a_notebook_naming_its_package(tmp_path):
+    """In a kernel where nc is not on the PATH, the cell's error is the one sentence that says
+    what to install (the package from .ci/tools.txt), not a traceback."""
+    from jupyter_client.manager import start_new_kernel
+
+    errors = []
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(NOTEBOOKS))
+    try:
+        reply = client.execute_interactive(
+            f"import os, harness; os.environ['PATH'] = {str(tmp_path)!r}; harness.require_tool('nc')",
+            timeout=30, output_hook=lambda msg: errors.append(msg) if msg["msg_type"] == "error" else None)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert reply["content"]["status"] == "error"
+    [error] = errors
+    assert error["content"]["ename"] == "ToolMissing"
+    [sentence] = error["content"]["traceback"]
+    assert sentence.startswith("ToolMissing: nc is not installed here") and sentence.endswith(".")
+    assert "sudo apt-get install netcat-openbsd" in sentence
+    assert sentence.count(". ") == 0, "one sentence"
