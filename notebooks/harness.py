@@ -284,6 +284,40 @@ def run(script: str | os.PathLike, *args: str, timeout: float = IO_TIMEOUT):
                           errors="replace", timeout=timeout, cwd=str(ROOT))
 
 
+def source_of(script: str | os.PathLike, *names: str) -> str:
+    """The source of functions or methods of a lesson script, as written there, read without
+    running it: source_of("01_lt_echo.py", "EchoServer.serve", "EchoServer.dispatch").
+    Each name is a top-level function or class, or Class.method; several are joined by a
+    blank line. A name the script does not have raises KeyError, naming it."""
+    import ast
+
+    path = script_path(script)
+    text = path.read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    pieces = []
+    for name in names:
+        scope, node = tree.body, None
+        for part in name.split("."):
+            node = next((n for n in scope if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                         and n.name == part), None)
+            if node is None:
+                raise KeyError(f"{path.name} has no {name}")
+            scope = node.body
+        lines = ast.get_source_segment(text, node, padded=True).splitlines()
+        indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
+        pieces.append("\n".join(line[indent:] for line in lines))
+    return "\n\n".join(pieces)
+
+
+def show_source(script: str | os.PathLike, *names: str):
+    """source_of(...) as a Python code block, for a notebook cell to display (and a deck to
+    show as code): the lesson's own loop or handler, taken from the file so that the slide
+    is never out of date."""
+    from IPython.display import Markdown
+
+    return Markdown(f"```python\n{source_of(script, *names)}\n```")
+
+
 def stop_all() -> None:
     """Stop every server this process started and has not stopped yet."""
     for server in list(_running):

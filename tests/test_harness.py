@@ -198,3 +198,16 @@ def test_a_missing_tool_is_one_sentence_in_a_notebook_naming_its_package(tmp_pat
     assert sentence.startswith("ToolMissing: nc is not installed here") and sentence.endswith(".")
     assert "sudo apt-get install netcat-openbsd" in sentence
     assert sentence.count(". ") == 0, "one sentence"
+
+
+def test_source_of_gives_a_lesson_s_own_code_as_written():
+    loop = harness.source_of("01_lt_echo.py", "EchoServer.serve", "EchoServer.dispatch")
+    assert loop.startswith("def serve(self):\n") and "\n\ndef dispatch(self, fd, ev):\n" in loop
+    assert "self.epoll.poll(" in loop  # the lines themselves, dedented, not a summary
+    assert loop in harness.show_source("01_lt_echo.py", "EchoServer.serve",
+                                       "EchoServer.dispatch").data
+    top = harness.source_of("01_lt_echo.py", "listen")
+    assert top.startswith("def listen(") and top in (harness.LESSONS / "01_lt_echo.py").read_text()
+    with pytest.raises(KeyError, match="01_lt_echo.py has no EchoServer.nothing"):
+        harness.source_of("01_lt_echo.py", "EchoServer.nothing")
+
