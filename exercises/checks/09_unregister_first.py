@@ -1,0 +1,54 @@
+"""Exercise 09: unregister before close (lesson 09, the interest list's fine print)."""
+
+import os
+import signal
+
+import harness
+import hostile
+
+EXERCISE = "09_unregister_first.py"
+HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
+TITLE = "lesson 09: unregister before close, even while a child holds a copy"
+HINT = ("In close(), call self.epoll.unregister(fd) first and conn.sock.close() after it, "
+        "with nothing to suppress. Closed first, the number no longer names the entry "
+        "(EBADF), and while the snapshot child holds a copy of the socket the kernel keeps "
+        "the entry and reports it again and again. "
+        "`python3 lessons/09_interest_and_wakeups.py dup-close` shows the same thing.")
+SNAPSHOT = "3"  # seconds the snapshot child lives: longer than this check needs
+
+
+def check(script):
+    with harness.start(script, "--snapshot-seconds", SNAPSHOT) as server:
+        leaving, staying = server.connect(), server.connect()
+        for sock in (leaving, staying):
+            harness.send_all(sock, b"hello")
+            assert harness.recv_exactly(sock, 5) == b"hello", "the echo must work"
+        server.send_signal(signal.SIGUSR1)
+        line = server.wait_for_line("snapshot: child started", timeout=5)
+        assert "2 client sockets" in line, f"the snapshot child should hold 2 clients: {line!r}"
+
+        before = server.open_fds()
+        leaving.close()  # the client leaves while the child holds a copy of its socket
+        harness.wait_until(lambda: server.open_fds() < before, timeout=5,
+                           what="your server closing the socket of a client that left")
+        if not server.asleep_in_epoll(timeout=1.0):
+            used = server.cpu_seconds_over(0.3)
+            alive = "alive" if server.alive() else f"dead:\n{server.output()}"
+            raise AssertionError(
+                "a client left during a snapshot, and your server never went back to sleep "
+                f"in epoll_wait (it used {used:.2f} s of CPU in 0.3 s; it is {alive}): "
+                "epoll kept reporting the closed fd, whose entry lives on while the snapshot "
+                "child holds a copy of the socket")
+
+        payload = os.urandom(4096)
+        assert harness.echo(server.address, payload) == payload, \
+            "a new client, during the snapshot, must be echoed"
+        harness.send_all(staying, b"still there?")
+        assert harness.recv_exactly(staying, 12) == b"still there?", \
+            "a client connected before the snapshot must still be served"
+        assert server.asleep_in_epoll(timeout=1.0), \
+            "after serving the new client your server did not go back to sleep in epoll_wait"
+        staying.close()
+        assert server.alive(), f"the server died:\n{server.output()}"
+    return ("a client left while a snapshot child held its socket: the server unregistered "
+            "it, slept in epoll_wait and served newcomers")
