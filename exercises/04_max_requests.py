@@ -17,30 +17,25 @@ Lesson 04 says the rest:
 The classic tutorial responder reads until a blank line, writes one canned answer and shuts
 the socket. Real clients do more, and an event loop has to follow them:
 
-- a request may arrive in pieces (one byte per recv, in the worst case) or many at once
-  (pipelining: a hundred requests in one segment); parse from a buffer, answer in order;
-- HTTP/1.1 keeps the connection open by default (keep-alive); `Connection: close` and
-  HTTP/1.0 end it after the answer;
-- bad input gets a clear status (400, 405, 413, 431, 501, 505) and then the connection is
-  closed gracefully (half-close, read what is left, then close: see finish());
-- idle connections and half-sent requests are closed after --idle-timeout seconds, with the
-  epoll_wait timeout taken from the nearest deadline (the timers of this event loop);
-- memory per connection is bounded: the head by --max-header-bytes, a body by
-  --max-body-bytes, the output by HIGH_WATER (we stop reading while a client does not read).
+- a request may arrive in pieces (one byte per recv, at worst) or many at once (pipelining):
+  parse from a buffer, answer in order;
+- HTTP/1.1 keeps the connection open (keep-alive); `Connection: close` and HTTP/1.0 end it;
+- bad input gets a clear status (400, 405, 413, 431, 501, 505), then a graceful close;
+- idle and half-sent connections end after --idle-timeout seconds: epoll_wait's timeout is
+  taken from the nearest deadline (the timers of this event loop);
+- memory per connection is bounded: the head, the body, and the output (HIGH_WATER).
 
 Routes: GET and HEAD of / answer "Hello, world!"; POST /echo answers with the request body.
-The loop is level-triggered (lesson 01), which lets every handler do one recv per event.
-It is built to be fast without cutting corners: responses for / are pre-built once per
-second (the Date header changes), the head is found with bytes.find, not a regex, and all
-the requests found in one recv are answered with one send.
-
---trace prints one line per answered request; --no-keep-alive turns it into the classic
-design (one request per connection) so that the notebook can show what that costs.
+The loop is level-triggered, and the write path is lesson 01's: send now, keep the rest,
+EPOLLOUT while it waits. The server comes first in this file, parsing HTTP after it.
+--trace prints one line per answered request; --no-keep-alive makes it the classic design
+(one request per connection), so that the notebook can show what that costs.
 """
 
 import argparse
-import errno
 import collections
+import errno
+import re
 import select
 import signal
 import socket
@@ -66,145 +61,10 @@ IDLE_TIMEOUT = 5.0  # seconds a connection may wait for its next complete reques
 OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 RETRY_ACCEPT = 1.0  # seconds: while accept is paused, try again this often anyway
 
-END_OF_HEAD = b"\r\n\r\n"  # the empty line that ends the request line and headers
 HELLO = b"Hello, world!"
-SERVER_NAME = b"epoll-workbook"
+NOT_FOUND = b"404 Not Found: no such path here\n"
 ROUTES = {b"/": (b"GET", b"HEAD"), b"/echo": (b"POST",)}  # path -> the methods it allows
-
-# RFC 9110 5.6.2: a header name (and a method) is a "token" of these characters. Deleting
-# them with bytes.translate leaves nothing exactly when the name is valid: a check in C,
-# and no decoding of client bytes that could raise.
-TOKEN_CHARS = (b"!#$%&'*+-.^_`|~0123456789"
-               b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-# Visible ASCII, space, tab and bytes >= 0x80 may appear in a header value (RFC 9110 5.5);
-# control characters (NUL, a lone CR, ...) may not.
-VALUE_CHARS = bytes([9, 32]) + bytes(range(33, 127)) + bytes(range(128, 256))
-TARGET_CHARS = bytes(range(33, 127))  # a request target is visible ASCII only
-
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           408: "Request Timeout", 413: "Content Too Large",
-           431: "Request Header Fields Too Large", 501: "Not Implemented",
-           505: "HTTP Version Not Supported"}
-
-
-class HttpError(Exception):
-    """A request we refuse: answered with `status`, then the connection is closed."""
-
-    def __init__(self, status, detail, extra_headers=b""):
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.extra_headers = extra_headers
-
-
-class Request:
-    """One parsed request head; kept on the connection while its body is still arriving."""
-
-    __slots__ = ("method", "target", "version", "path", "keep_alive", "length",
-                 "expect_continue")
-
-    def __init__(self, method, target, version, path, keep_alive, length, expect_continue):
-        self.method = method
-        self.version = version
-        self.target = target
-        self.path = path
-        self.keep_alive = keep_alive
-        self.length = length  # body bytes announced by Content-Length (0 without one)
-        self.expect_continue = expect_continue
-
-
-def parse_head(head):
-    """Parse the bytes before the empty line into a Request, or raise HttpError.
-
-    Nothing here decodes client bytes: names are compared as bytes, and checked with
-    bytes.translate, so no input can raise anything but HttpError.
-    """
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3:
-        raise HttpError(400, "the request line must be METHOD TARGET VERSION")
-    method, target, version = parts
-    if version == b"HTTP/1.1":
-        keep_alive = True  # HTTP/1.1: persistent unless someone says close
-    elif version == b"HTTP/1.0":
-        keep_alive = False  # HTTP/1.0: one request unless the client asks for keep-alive
-    elif (len(version) == 8 and version.startswith(b"HTTP/") and version[5:6].isdigit()
-          and version[6:7] == b"." and version[7:8].isdigit()):
-        raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
-    else:
-        raise HttpError(400, "the version must look like HTTP/1.1")
-    if not method or method.translate(None, TOKEN_CHARS):
-        raise HttpError(400, "the method is not a token")
-    if not target or target.translate(None, TARGET_CHARS):
-        raise HttpError(400, "the target has characters that are not allowed")
-
-    length = None
-    hosts = 0
-    expect_continue = False
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        # No space before the colon, none at the start (obsolete line folding): RFC 9112
-        # says reject both, because proxies disagree on what they mean (request smuggling).
-        if not colon or not name or name.translate(None, TOKEN_CHARS):
-            raise HttpError(400, "a header line is not NAME: VALUE")
-        value = value.strip(b" \t")
-        if value.translate(None, VALUE_CHARS):
-            raise HttpError(400, "a header value has control characters")
-        name = name.lower()
-        if name == b"host":
-            hosts += 1
-        elif name == b"connection":
-            options = [option.strip() for option in value.lower().split(b",")]
-            if b"close" in options:
-                keep_alive = False
-            elif b"keep-alive" in options:
-                keep_alive = True
-        elif name == b"content-length":
-            # Digits only, at most 18 of them: no sign, no list, no int() surprises. Two
-            # different lengths would let two parsers see two different requests.
-            if not value.isdigit() or len(value) > 18:
-                raise HttpError(400, "Content-Length must be a number")
-            if length is not None and int(value) != length:
-                raise HttpError(400, "two different Content-Length headers")
-            length = int(value)
-        elif name == b"transfer-encoding":
-            raise HttpError(501, "Transfer-Encoding is not implemented; send Content-Length")
-        elif name == b"expect" and value.lower() == b"100-continue":
-            expect_continue = True
-    if version == b"HTTP/1.1" and hosts != 1:
-        raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
-
-    path = target
-    if target.startswith((b"http://", b"https://")):  # absolute form, as sent to proxies
-        slash = target.find(b"/", target.find(b"//") + 2)
-        path = target[slash:] if slash >= 0 else b"/"
-    path = path.partition(b"?")[0]
-    if not path.startswith(b"/"):
-        raise HttpError(400, "the target must start with /")
-    return Request(method, target, version, path, keep_alive, length or 0, expect_continue)
-
-
-def ends_with_bare_lf(inbox, start, end):
-    """True if the head from `start` ends in an empty line that uses a bare LF, before the
-    CRLF CRLF at `end` (or anywhere, if end is -1: none has come yet).
-
-    RFC 9112 2.2 lets a recipient take a lone LF as the end of a line; under that rule a
-    head also ends at LF LF, or at a line ended by LF and then CR LF. We refuse bare LF
-    (400), as we refuse obsolete line folding: when a proxy and the server behind it
-    disagree on where a line or a head ends, one request to the proxy can be two requests
-    to the server (request smuggling). But the end must be seen at once: a server that
-    looks only for CRLF CRLF leaves such a client waiting, unanswered, until its timeout.
-    """
-    stop = len(inbox) if end < 0 else end + 2  # an LF just before the CRLF CRLF counts too
-    return inbox.find(b"\n\n", start, stop) >= 0 or inbox.find(b"\n\r\n", start, stop) >= 0
-
-
-def build_response(status, headers, body, date, head_only=False):
-    """The bytes of one response; Content-Length always, so keep-alive framing holds."""
-    status_line = b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status].encode())
-    return b"".join((status_line, b"Server: ", SERVER_NAME, b"\r\nDate: ", date,
-                     b"\r\nContent-Length: %d\r\n" % len(body), headers, b"\r\n",
-                     b"" if head_only else body))
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # the go-ahead for `Expect: 100-continue`
 
 
 class Connection:
@@ -212,14 +72,15 @@ class Connection:
 
     def __init__(self, sock):
         self.sock = sock
-        self.inbox = bytearray()  # received bytes not yet parsed (at most one request)
+        self.inbox = bytearray()  # received bytes not parsed yet
         self.outbox = bytearray()  # response bytes the kernel has not taken yet
         self.request = None  # a parsed head whose body is still arriving
         self.peer_done = False  # the client sent EOF
-        self.closing = False  # the last response is queued: read no more requests
+        self.closing = False  # the last response is queued: answer no more requests
         self.lingering = False  # we half-closed; reading and dropping until the client's EOF
         self.throttled = False  # outbox passed HIGH_WATER: stop reading until LOW_WATER
         self.interest = READABLE  # what epoll watches for now
+        self.closed = False
         self.served = 0  # requests answered on this connection
 
     def wanted(self):
@@ -236,16 +97,9 @@ class Connection:
 class HttpServer:
     """One epoll loop: the listener, every client, the timers, and the signal wake-up."""
 
-    def __init__(self, listener, trace=False, idle_timeout=IDLE_TIMEOUT,
-                 max_header_bytes=MAX_HEADER_BYTES, max_body_bytes=MAX_BODY_BYTES,
-                 keep_alive=True, max_requests=0):
+    def __init__(self, listener, options):
         self.listener = listener
-        self.max_requests = max_requests  # 0: any number of requests per connection
-        self.trace = trace
-        self.idle_timeout = idle_timeout
-        self.max_header_bytes = max_header_bytes
-        self.max_body_bytes = max_body_bytes
-        self.keep_alive = keep_alive
+        self.options = options  # the flags: trace, idle_timeout, max_header_bytes, ...
         self.conns = {}  # fd -> Connection
         # The timers. Every deadline is "now + idle_timeout", so deadlines expire in the
         # order they were set: an OrderedDict kept in that order (move_to_end on reset) is
@@ -253,14 +107,11 @@ class HttpServer:
         # (With timeouts of different lengths you need a heap or a tree, as nginx has.)
         self.deadlines = collections.OrderedDict()  # fd -> monotonic time to give up
         self.now = time.monotonic()
-        self.date_second = None
-        self.date = b""
-        self.hello_cache = {}  # (head_only, connection header) -> complete response bytes
-        self.epoll = select.epoll()
-        self.epoll.register(listener.fileno(), READABLE)
-        self.listener_interest = READABLE
+        self.date_second, self.date = None, b""  # the Date header, once per second (tick)
         self.accept_paused = False  # out of fds: the listener is not watched (pause_accept)
         self.retry_accept_at = 0.0  # when to try accept again if no connection closes first
+        self.epoll = select.epoll()
+        self.epoll.register(listener.fileno(), READABLE)
         # The self-pipe: a signal handler cannot touch the loop, but Python writes the
         # signal number into this socket, which wakes epoll_wait like any client would.
         self.wake_r, self.wake_w = socket.socketpair()
@@ -271,98 +122,52 @@ class HttpServer:
         self.running = True
 
     def log(self, text):
-        if self.trace:
+        if self.options.trace:
             print(text, flush=True)
-
-    # -- time -----------------------------------------------------------------------------
-
-    def tick(self):
-        """Read the clocks once per wake-up, not once per request."""
-        self.now = time.monotonic()
-        second = int(time.time())
-        if second != self.date_second:  # the Date header changes once a second
-            self.date_second = second
-            self.date = formatdate(second, usegmt=True).encode()
-            self.hello_cache.clear()
-
-    def reset_deadline(self, conn):
-        fd = conn.sock.fileno()
-        self.deadlines[fd] = self.now + self.idle_timeout
-        self.deadlines.move_to_end(fd)
-
-    def poll_timeout(self):
-        """Seconds until the nearest deadline: how long epoll_wait may sleep (-1: forever)."""
-        nearest = next(iter(self.deadlines.values()), None)  # the first one is the nearest
-        if self.accept_paused and (nearest is None or self.retry_accept_at < nearest):
-            nearest = self.retry_accept_at  # retrying a paused accept is a timer too
-        if nearest is None:
-            return -1  # no connections, no timers: sleep until something happens
-        return max(0.0, nearest - time.monotonic())
-
-    def expire(self):
-        while self.deadlines:
-            fd, deadline = next(iter(self.deadlines.items()))
-            if deadline > self.now:
-                return
-            conn = self.conns[fd]
-            if (conn.inbox or conn.request) and not conn.closing:
-                # A half-sent request: say why, in one best-effort send, and go.
-                self.queue_error(conn, HttpError(408, "the request did not arrive in time"))
-                try:
-                    conn.sock.send(conn.outbox)
-                except OSError:
-                    pass
-                self.close(conn, "request timed out")
-            else:
-                self.close(conn, "idle timeout")
 
     # -- the handlers ---------------------------------------------------------------------
 
     def on_accept(self):
-        # The listener is level-triggered, but taking the whole queue now saves wake-ups.
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except BlockingIOError:  # queue drained
-                return
-            except ConnectionAbortedError:  # this client gave up while queued: next one
-                continue
-            except OSError as e:
-                if e.errno in OUT_OF_RESOURCES:
-                    self.pause_accept(e)
-                else:
-                    self.log(f"accept failed: {e.strerror}")
-                return
-            sock.setblocking(False)
-            # Each response goes out in one send; Nagle's algorithm would only delay it.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock)
-            self.conns[sock.fileno()] = conn
-            self.epoll.register(sock.fileno(), conn.interest)
-            self.reset_deadline(conn)
+        # Level-triggered: one accept per event is enough. If more clients are queued,
+        # the listener is still readable and the next epoll_wait reports it again.
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:  # another event got there first
+            return
+        except OSError as e:
+            if e.errno in OUT_OF_RESOURCES:
+                self.pause_accept(e)
+            else:  # the client gave up already (ECONNABORTED): the next one is reported
+                self.log(f"accept failed: {e.strerror}")
+            return
+        sock.setblocking(False)
+        # A 100 Continue and the answer after it are two sends: Nagle's algorithm would
+        # hold the second back until the client acknowledged the first.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(sock)
+        self.conns[sock.fileno()] = conn
+        self.epoll.register(sock.fileno(), conn.interest)
+        self.reset_deadline(conn)
 
     def pause_accept(self, error):
-        # The trap: accept failed for want of an fd or of memory, and the client is still in
-        # the kernel's queue, so the listener is still readable. Level-triggered, epoll_wait
-        # reports it again at once, every pass, and every accept fails again: a loop that
-        # uses 100% of a CPU and serves nobody until an fd is freed. (Edge-triggered, the
-        # opposite: no new report for the clients already queued, a stall.) So stop watching
-        # the listener; close() resumes when it frees an fd, and RETRY_ACCEPT bounds the
-        # pause (ENFILE and ENOMEM are freed by other processes, which tell us nothing).
+        # The trap: the client is still in the kernel's queue, so the listener stays readable,
+        # and level-triggered epoll reports it on every pass while every accept fails: 100%
+        # of a CPU, nobody served. So stop watching it; close() resumes when it frees an fd,
+        # and RETRY_ACCEPT bounds the pause (other processes free ENFILE and ENOMEM).
         self.log(f"accept paused: {error.strerror}")
         self.accept_paused = True
         self.retry_accept_at = self.now + RETRY_ACCEPT
-        self.update_listener()
+        self.epoll.modify(self.listener.fileno(), 0)
 
     def resume_accept(self):
         if self.accept_paused:
             self.log("accept resumed")
             self.accept_paused = False
-            self.update_listener()
+            # EPOLL_CTL_MOD checks readiness on the spot: clients queued meanwhile are reported.
+            self.epoll.modify(self.listener.fileno(), READABLE)
 
     def on_readable(self, conn):
-        if conn.throttled:  # reported for EPOLLHUP/ERR only; the send path will tell
-            return
+        # One recv per event, however much is waiting: level-triggering reports the rest.
         try:
             data = conn.sock.recv(RECV_SIZE)
         except BlockingIOError:  # a spurious wake-up: nothing to read after all
@@ -375,8 +180,8 @@ class HttpServer:
             if conn.lingering or not conn.outbox:
                 self.close(conn, "client finished")
             return
-        if conn.lingering or conn.closing:
-            return  # what comes after the last answer is read only to be dropped
+        if conn.closing:  # what comes after the last answer is read only to be dropped
+            return
         conn.inbox += data
         self.handle_requests(conn)
         self.on_writable(conn)  # try to send now; EPOLLOUT is only for what is left
@@ -385,84 +190,60 @@ class HttpServer:
         """Answer every complete request in the inbox, in order; keep an incomplete tail."""
         inbox = conn.inbox
         pos = 0
-        answered = 0
         try:
             while not conn.closing:
-                request = conn.request
-                if request is None:
-                    while inbox.startswith(b"\r\n", pos):  # RFC 9112 2.2: skip stray CRLFs
-                        pos += 2
-                    end = inbox.find(END_OF_HEAD, pos)
-                    if ends_with_bare_lf(inbox, pos, end):
-                        raise HttpError(400, "lines must end with CRLF")
-                    if end < 0:  # the head is not complete yet
-                        if len(inbox) - pos > self.max_header_bytes:
-                            raise HttpError(431, "the request head is over the limit")
+                if conn.request is None:
+                    head, pos = take_head(inbox, pos, self.options.max_header_bytes)
+                    if head is None:  # its empty line has not come yet
                         break
-                    if end - pos > self.max_header_bytes:
-                        raise HttpError(431, "the request head is over the limit")
-                    request = parse_head(bytes(inbox[pos:end]))
-                    pos = end + len(END_OF_HEAD)
-                    if request.length > self.max_body_bytes:
-                        raise HttpError(413, "the body is over the limit")
-                    if request.path not in ROUTES:
-                        pass  # 404 below, after the body (if any) has been read past
-                    elif request.method not in ROUTES[request.path]:
-                        allowed = b", ".join(ROUTES[request.path])
-                        raise HttpError(405, "method not allowed here",
-                                        b"Allow: " + allowed + b"\r\n")
-                    conn.request = request
+                    self.admit(conn, parse_head(head), len(inbox) - pos)
+                request = conn.request
                 if len(inbox) - pos < request.length:  # the body is still on its way
-                    if request.expect_continue:  # the client waits for our go-ahead
-                        conn.outbox += b"HTTP/1.1 100 Continue\r\n\r\n"
-                        request.expect_continue = False
                     break
                 body = bytes(inbox[pos:pos + request.length])
                 pos += request.length
                 conn.request = None
                 self.respond(conn, request, body)
-                answered += 1
                 if len(conn.outbox) >= HIGH_WATER:
                     # The client is not reading. Stop here: the rest waits in the inbox,
-                    # and we read no more until the outbox drains.
+                    # we read no more, and on_writable comes back to it at LOW_WATER.
                     conn.throttled = True
                     break
         except HttpError as error:
-            self.queue_error(conn, error)
+            self.refuse(conn, error)
             pos = len(inbox)
         del inbox[:pos]  # one cut per recv, however many requests it held
-        if answered:
-            self.reset_deadline(conn)  # a complete request: the idle clock starts over
+
+    def admit(self, conn, request, arrived):
+        """A new head: refuse now what would be refused anyway, before its body is read."""
+        if request.length > self.options.max_body_bytes:
+            raise HttpError(413, "the body is over the limit")
+        allowed = ROUTES.get(request.path)
+        if allowed and request.method not in allowed:  # (an unknown path: 404 after the body)
+            raise HttpError(405, "method not allowed here",
+                            b"Allow: " + b", ".join(allowed) + b"\r\n")
+        if request.expect_continue and arrived < request.length:
+            conn.outbox += CONTINUE  # the client waits for this before it sends the body
+        conn.request = request
 
     def respond(self, conn, request, body):
-        keep_alive = request.keep_alive and self.keep_alive
-        # TODO: count this request in conn.served; when self.max_requests is not 0 and this
-        # TODO: is the connection's max_requests-th request, set keep_alive to False.
-        if not keep_alive:
-            connection = b"Connection: close\r\n"
-        elif request.version == b"HTTP/1.0":  # HTTP/1.0 needs the promise spelled out
-            connection = b"Connection: keep-alive\r\n"
-        else:  # for HTTP/1.1 it is the default
-            connection = b""
+        keep_alive = request.keep_alive and self.options.keep_alive
+        # TODO: count this request in conn.served; when self.options.max_requests is not 0
+        # TODO: and this is the connection's max_requests-th request, set keep_alive to False.
         if request.path == b"/":
-            head_only = request.method == b"HEAD"
-            response = self.hello_cache.get((head_only, connection))
-            if response is None:
-                response = build_response(200, b"Content-Type: text/plain\r\n" + connection,
-                                          HELLO, self.date, head_only)
-                self.hello_cache[(head_only, connection)] = response
-            status = 200
+            status, headers, body = 200, b"Content-Type: text/plain\r\n", HELLO
         elif request.path == b"/echo":
-            response = build_response(
-                200, b"Content-Type: application/octet-stream\r\n" + connection, body,
-                self.date)
-            status = 200
+            status, headers = 200, b"Content-Type: application/octet-stream\r\n"
         else:
-            status = 404
-            response = build_response(404, b"Content-Type: text/plain\r\n" + connection,
-                                      b"404 Not Found: no such path here\n", self.date)
-        conn.outbox += response
-        if self.trace:
+            status, headers, body = 404, b"Content-Type: text/plain\r\n", NOT_FOUND
+        if not keep_alive:
+            headers += b"Connection: close\r\n"
+        elif request.version == b"HTTP/1.0":  # HTTP/1.0 needs the promise spelled out
+            headers += b"Connection: keep-alive\r\n"
+        conn.outbox += build_response(status, headers, body, self.date,
+                                      head_only=request.method == b"HEAD")
+        self.reset_deadline(conn)  # a complete request: the idle clock starts over
+        if self.options.trace:
             # Both were checked to be visible ASCII by the parser; errors= keeps it so.
             method = request.method.decode("ascii", errors="replace")
             target = request.target.decode("ascii", errors="replace")
@@ -470,32 +251,30 @@ class HttpServer:
         if not keep_alive:
             conn.closing = True
 
-    def queue_error(self, conn, error):
-        body = f"{error.status} {REASONS[error.status]}: {error.detail}\n".encode()
+    def refuse(self, conn, error):
+        body = b"%d %s: %s\n" % (error.status, REASONS[error.status], error.detail.encode())
         conn.outbox += build_response(
             error.status, b"Content-Type: text/plain\r\nConnection: close\r\n"
             + error.extra_headers, body, self.date)
-        conn.closing = True
+        conn.closing = True  # where the next request would start is unknown now
         conn.request = None
         self.log(f"error -> {error.status} ({error.detail})")
 
     def on_writable(self, conn):
-        while conn.outbox:
+        if conn.outbox:
             try:
                 sent = conn.sock.send(conn.outbox)
-            except BlockingIOError:  # socket buffer full: EPOLLOUT reports when it is not
-                break
+            except BlockingIOError:  # buffer full: EPOLLOUT reports once there is room again
+                sent = 0
             except OSError as e:  # EPIPE, ECONNRESET: the client stopped listening
                 self.close(conn, e.strerror)
                 return
             del conn.outbox[:sent]  # bytearray drops a prefix without copying the rest
-            if conn.outbox:
+            if sent and conn.outbox:
                 self.reset_deadline(conn)  # a slow reader that makes progress may stay
         if conn.throttled and len(conn.outbox) <= LOW_WATER:
-            conn.throttled = False
-            self.handle_requests(conn)  # answer what waited in the inbox meanwhile
-            if conn.outbox:
-                return self.on_writable(conn)
+            conn.throttled = False  # read again, and first answer what waited in the inbox
+            self.handle_requests(conn)  # (its answers go out on the next EPOLLOUT)
         if not conn.outbox and (conn.closing or conn.peer_done) and not conn.lingering:
             self.finish(conn)
 
@@ -523,6 +302,7 @@ class HttpServer:
         self.log(f"close: {why}")
         del self.conns[fd]
         self.deadlines.pop(fd, None)
+        conn.closed = True
         self.epoll.unregister(fd)  # before close: afterwards the fd number means nothing
         conn.sock.close()
         self.resume_accept()  # an fd is free again: a client still queued may have it
@@ -533,14 +313,47 @@ class HttpServer:
             self.epoll.modify(conn.sock.fileno(), wanted)
             conn.interest = wanted
 
-    def update_listener(self):
-        # The listener's interest, derived from state like a connection's. Adding READABLE
-        # back (EPOLL_CTL_MOD) re-checks readiness on the spot: clients queued meanwhile are
-        # reported at once.
-        wanted = 0 if self.accept_paused else READABLE
-        if wanted != self.listener_interest:
-            self.epoll.modify(self.listener.fileno(), wanted)
-            self.listener_interest = wanted
+    # -- the timers -----------------------------------------------------------------------
+
+    def tick(self):
+        """Read the clocks once per wake-up, not once per request."""
+        self.now = time.monotonic()
+        second = int(time.time())
+        if second != self.date_second:  # the Date header changes once a second
+            self.date_second = second
+            self.date = formatdate(second, usegmt=True).encode()
+
+    def reset_deadline(self, conn):
+        fd = conn.sock.fileno()
+        self.deadlines[fd] = self.now + self.options.idle_timeout
+        self.deadlines.move_to_end(fd)
+
+    def poll_timeout(self):
+        """Seconds until the nearest deadline: how long epoll_wait may sleep (-1: forever)."""
+        nearest = next(iter(self.deadlines.values()), None)  # the first one is the nearest
+        if self.accept_paused and (nearest is None or self.retry_accept_at < nearest):
+            nearest = self.retry_accept_at  # retrying a paused accept is a timer too
+        if nearest is None:
+            return -1  # no connections, no timers: sleep until something happens
+        return max(0.0, nearest - time.monotonic())
+
+    def expire(self):
+        while self.deadlines:
+            fd, deadline = next(iter(self.deadlines.items()))
+            if deadline > self.now:
+                return
+            conn = self.conns[fd]
+            if (conn.inbox or conn.request) and not conn.closing:
+                # A half-sent request: its time is up, so say why in one best-effort send
+                # and go, without waiting for EPOLLOUT or for the client's EOF.
+                self.refuse(conn, HttpError(408, "the request did not arrive in time"))
+                try:
+                    conn.sock.send(conn.outbox)
+                except OSError:
+                    pass
+                self.close(conn, "request timed out")
+            else:
+                self.close(conn, "idle timeout")
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -567,9 +380,9 @@ class HttpServer:
             return
         if ev & (READABLE | TROUBLE):
             self.on_readable(conn)
-        if ev & (WRITABLE | TROUBLE) and self.conns.get(fd) is conn:
+        if ev & (WRITABLE | TROUBLE) and not conn.closed:
             self.on_writable(conn)
-        if self.conns.get(fd) is conn:
+        if not conn.closed:
             self.update_interest(conn)
 
     def shutdown(self):
@@ -580,6 +393,117 @@ class HttpServer:
         self.listener.close()
         self.wake_r.close()
         self.wake_w.close()
+
+
+# -- HTTP/1.1 from bytes and back (RFC 9112) ------------------------------------------------
+# Nothing here decodes what a client sent: every check compares bytes, so no input can raise
+# anything but HttpError.
+
+TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"  # a method or a header name (RFC 9110 5.6.2)
+# METHOD TARGET VERSION, one space apart; the target is visible ASCII only.
+REQUEST_LINE = re.compile(rb"(%s) ([!-~]+) (HTTP/[0-9]\.[0-9])" % TOKEN)
+HEADER_NAME = re.compile(TOKEN)
+# A header value may hold visible ASCII, space, tab and bytes >= 0x80 (RFC 9110 5.5), but no
+# control character: no NUL, no lone CR or LF, no DEL.
+CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+           408: b"Request Timeout", 413: b"Content Too Large",
+           431: b"Request Header Fields Too Large", 501: b"Not Implemented",
+           505: b"HTTP Version Not Supported"}
+# One parsed request head. length: the body's bytes, from Content-Length (0 without one).
+Request = collections.namedtuple(
+    "Request", "method target version path keep_alive length expect_continue")
+
+
+class HttpError(Exception):
+    """A request we refuse: answered with `status`, then the connection is closed."""
+
+    def __init__(self, status, detail, extra_headers=b""):
+        super().__init__(detail)
+        self.status, self.detail, self.extra_headers = status, detail, extra_headers
+
+
+def take_head(inbox, pos, limit):
+    """(the next request head in inbox from pos, the position after its empty line), or
+    (None, pos) while its end has not come. HttpError if it is over `limit` bytes long."""
+    while inbox.startswith(b"\r\n", pos):  # RFC 9112 2.2: skip empty lines before a request
+        pos += 2
+    end = inbox.find(b"\r\n\r\n", pos)
+    # RFC 9112 2.2 lets a recipient take a lone LF as the end of a line, so a head may also
+    # end at LF LF, or at LF CR LF. We refuse bare LF, as we refuse obsolete line folding:
+    # where a proxy and the server behind it disagree on where a head ends, one request to
+    # the proxy can be two to the server (request smuggling). But we refuse it at once.
+    stop = len(inbox) if end < 0 else end + 2  # an LF just before the CRLF CRLF counts too
+    if inbox.find(b"\n\n", pos, stop) >= 0 or inbox.find(b"\n\r\n", pos, stop) >= 0:
+        raise HttpError(400, "lines must end with CRLF")
+    if (len(inbox) if end < 0 else end) - pos > limit:
+        raise HttpError(431, "the request head is over the limit")
+    if end < 0:
+        return None, pos
+    return bytes(inbox[pos:end]), end + 4
+
+
+def parse_head(head):
+    """Parse the bytes before the empty line into a Request, or raise HttpError."""
+    lines = head.split(b"\r\n")
+    match = REQUEST_LINE.fullmatch(lines[0])
+    if not match:
+        raise HttpError(400, "the request line must be METHOD TARGET VERSION")
+    method, target, version = match.groups()
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
+    # HTTP/1.1 is persistent unless someone says close; HTTP/1.0 unless the client asks.
+    keep_alive = version == b"HTTP/1.1"
+    length = None
+    hosts = 0
+    expect_continue = False
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        # No space before the colon, none at the start (obsolete line folding): RFC 9112
+        # says reject both, because proxies disagree on what they mean (request smuggling).
+        if not colon or not HEADER_NAME.fullmatch(name):
+            raise HttpError(400, "a header line is not NAME: VALUE")
+        value = value.strip(b" \t")
+        if CONTROL.search(value):
+            raise HttpError(400, "a header value has control characters")
+        name = name.lower()
+        if name == b"host":
+            hosts += 1
+        elif name == b"connection":
+            options = [option.strip() for option in value.lower().split(b",")]
+            if b"close" in options:
+                keep_alive = False
+            elif b"keep-alive" in options:
+                keep_alive = True
+        elif name == b"content-length":
+            # Digits only, at most 18 of them: no sign, no list, no int() surprises. Two
+            # different lengths would let two parsers see two different requests.
+            if not value.isdigit() or len(value) > 18:
+                raise HttpError(400, "Content-Length must be a number")
+            if length is not None and int(value) != length:
+                raise HttpError(400, "two different Content-Length headers")
+            length = int(value)
+        elif name == b"transfer-encoding":
+            raise HttpError(501, "Transfer-Encoding is not implemented; send Content-Length")
+        elif name == b"expect" and value.lower() == b"100-continue":
+            expect_continue = True
+    if version == b"HTTP/1.1" and hosts != 1:
+        raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
+    path = target
+    if target.startswith((b"http://", b"https://")):  # absolute form, as sent to proxies
+        slash = target.find(b"/", target.find(b"//") + 2)
+        path = target[slash:] if slash >= 0 else b"/"
+    path = path.partition(b"?")[0]
+    if not path.startswith(b"/"):
+        raise HttpError(400, "the target must start with /")
+    return Request(method, target, version, path, keep_alive, length or 0, expect_continue)
+
+
+def build_response(status, headers, body, date, head_only=False):
+    """The bytes of one response; Content-Length always, so keep-alive framing holds."""
+    head = b"HTTP/1.1 %d %s\r\nServer: epoll-workbook\r\nDate: %s\r\nContent-Length: %d\r\n" % (
+        status, REASONS[status], date, len(body))
+    return head + headers + b"\r\n" + (b"" if head_only else body)
 
 
 # -- the program ------------------------------------------------------------------------
@@ -595,8 +519,7 @@ def parse_args():
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=9004, help="0 takes any free port")
-    parser.add_argument("--trace", action="store_true",
-                        help="print one line per answered request")
+    parser.add_argument("--trace", action="store_true", help="print a line per answered request")
     parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="S",
                         help=f"close a connection that has no complete request for S "
                              f"seconds (default {IDLE_TIMEOUT:g})")
@@ -604,7 +527,7 @@ def parse_args():
                         metavar="N", help=f"largest request head (default {MAX_HEADER_BYTES})")
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N",
                         help=f"largest request body (default {MAX_BODY_BYTES})")
-    parser.add_argument("--no-keep-alive", action="store_true",
+    parser.add_argument("--no-keep-alive", dest="keep_alive", action="store_false",
                         help="the classic design: close the connection after every answer")
     parser.add_argument("--max-requests", type=int, default=0, metavar="N",
                         help="end a connection after its N-th request (default 0: no limit)")
@@ -647,10 +570,7 @@ def main():
         fail(f"epoll exists only on Linux, and this is {sys.platform}; "
              "use a Linux machine, VM, WSL2 or container")
     listener = listen(args.host, args.port)
-    server = HttpServer(listener, trace=args.trace, idle_timeout=args.idle_timeout,
-                        max_header_bytes=args.max_header_bytes,
-                        max_body_bytes=args.max_body_bytes, keep_alive=not args.no_keep_alive,
-                        max_requests=args.max_requests)
+    server = HttpServer(listener, args)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)  # the wake-up fd does the work
     host, port = listener.getsockname()[:2]

@@ -9,7 +9,8 @@ EXERCISE = "04_max_requests.py"
 HOSTILE = hostile.http  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 04: end a keep-alive connection after N requests"
 HINT = ("In respond(), right after keep_alive is computed: conn.served += 1, and if "
-        "self.max_requests and conn.served >= self.max_requests, set keep_alive = False. "
+        "self.options.max_requests and conn.served >= self.options.max_requests, set "
+        "keep_alive = False. "
         "The rest is already there: the answer then says Connection: close, and finish() "
         "half-closes once it is sent, so the answer is never lost.")
 
