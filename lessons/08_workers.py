@@ -17,9 +17,10 @@ Without flags this is lesson 02's edge-triggered echo server. The flags spread i
 is reported once, to one thread, but the next arrival on the same connection can be
 reported to another thread while the first is still handling the connection: two threads
 in one connection's state at once. Unguarded, they would interleave its bytes in any
-order and could both close it. Each connection here has a lock, and a thread that finds it
-taken says so in the trace ("fd N is still being handled by thread K") and waits for it: a
-thread spent waiting instead of serving anybody.
+order and could both close it (--no-lock shows it: a small piece overtakes a big one). Each
+connection here has a lock, and a thread that finds it taken says so in the trace ("fd N is
+still being handled by thread K") and waits for it: a thread spent waiting instead of
+serving anybody.
 
 --oneshot adds EPOLLONESHOT: after one report the kernel disables the connection in the
 interest list (it stays there) until the thread that got the report re-arms it with
@@ -30,8 +31,9 @@ the spot, so what arrived while the connection was disabled is reported at once.
 
 In Python the threads take turns on one interpreter lock (the GIL): only one runs Python code
 at a time, and the others run only while it waits in a system call (recv, send, epoll_wait,
-sleep). --work-ms stands for work per chunk that waits like that. Threads share out waiting,
-not computing: for CPU, use processes.
+sleep). --work-ms MS stands for work that waits like that: MS milliseconds for each KiB read
+(a smaller chunk counts as one KiB). Threads share out waiting, not computing: for CPU, use
+processes.
 
 --processes N: the parent makes the listening socket, starts N worker processes and then
 only supervises them. Each worker has its own epoll instance, and the listener in each.
@@ -42,8 +44,9 @@ without returning, so the herd shows in the kernel's count of each worker's wake
 (voluntary_ctxt_switches in /proc/PID/status), not in the trace.
 
 --exclusive registers the listener with EPOLLEXCLUSIVE (Linux 4.5, EPOLL_CTL_ADD only): a
-client wakes one or more of the waiting workers instead of all. It does not promise exactly
-one, nor a fair share: the waiter woken is the one that went back to epoll_wait last.
+client wakes one or more of the waiting workers instead of all (epoll_ctl(2)). It promises
+neither exactly one nor a fair share: while they all wait, the same worker is woken for
+client after client, and the others get nothing to do.
 
 --reuseport gives each worker a listener of its own, all bound to one port with SO_REUSEPORT:
 one accept queue per worker, and the kernel picks the queue by a hash of the client's
@@ -149,11 +152,12 @@ class EchoServer:
     """
 
     def __init__(self, listener, trace=False, recv_size=RECV_SIZE, oneshot=False,
-                 exclusive=False, work=0.0, threads=1):
+                 exclusive=False, work=0.0, threads=1, no_lock=False):
         self.listener = listener
         self.trace = trace
         self.recv_size = recv_size
-        self.work = work  # seconds of waiting per chunk read: work that releases the GIL
+        self.work = work  # seconds of waiting per KiB read: work that releases the GIL
+        self.no_lock = no_lock
         self.client_flags = EDGE | (ONE_OWNER if oneshot else 0)
         self.oneshot = oneshot
         self.listener_flags = READABLE | EDGE | (ONE_WAKER if exclusive else 0)
@@ -246,8 +250,8 @@ class EchoServer:
                 conn.peer_done = True
                 break
             self.log(who, f"read fd {conn.sock.fileno()}: {len(data)} bytes")
-            if self.work:
-                time.sleep(self.work)  # the work this chunk stands for; the GIL is free
+            if self.work:  # the work this chunk stands for; the GIL is free meanwhile
+                time.sleep(self.work * max(1, len(data) / 1024))
             conn.outbox += data
             self.on_writable(who, conn)  # try to send now; EPOLLOUT is only for the rest
             if conn.closed or conn.throttled:
@@ -326,12 +330,17 @@ class EchoServer:
             conn = self.conns.get(fd)
         if conn is None:  # closed by an earlier event, or by another thread
             return
-        if not conn.lock.acquire(blocking=False):
+        mine = conn.lock.acquire(blocking=False)
+        if not mine:
             # Two threads handed one connection: only possible without EPOLLONESHOT (or, as
             # Python's epoll reports fd numbers, for an event taken just before another
             # thread closed that fd and a new client got the same number).
             self.log(who, f"fd {fd} is still being handled by {conn.owner}: waiting")
-            conn.lock.acquire()
+            # --- the --no-lock deviation: go on beside the other thread, as code that
+            # trusts edge-triggering to keep threads apart would. This thread reads the
+            # next piece and may send its echo before the other sends the piece before it.
+            if not self.no_lock:
+                mine = conn.lock.acquire()
         try:
             if conn.closed:  # the other thread closed it meanwhile: nothing left to do
                 return
@@ -344,8 +353,9 @@ class EchoServer:
             if not conn.closed:
                 self.update_interest(who, conn)
         finally:
-            conn.owner = None
-            conn.lock.release()
+            if mine:
+                conn.owner = None
+                conn.lock.release()
 
     def shutdown(self):
         for conn in list(self.conns.values()):
@@ -362,15 +372,16 @@ class EchoServer:
 def run_threads(listener, args):
     """The default (one thread) and --threads N: every thread on one epoll instance."""
     server = EchoServer(listener, trace=args.trace, recv_size=args.recv_size,
-                        oneshot=args.oneshot, work=args.work_ms / 1000, threads=args.threads)
+                        oneshot=args.oneshot, work=args.work_ms / 1000, threads=args.threads,
+                        no_lock=args.no_lock)
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda *_: None)  # the wake-up fd does the work
     others = [threading.Thread(target=server.serve, args=(f"thread {k}",), daemon=True)
               for k in range(1, args.threads)]
-    host, port = listener.getsockname()[:2]
-    say(f"listening on {host}:{port}")
     for thread in others:
         thread.start()
+    host, port = listener.getsockname()[:2]
+    say(f"listening on {host}:{port}")  # every thread is there: ready
     try:
         server.serve("thread 0")  # the main thread is one of them: signals arrive here
     finally:
@@ -539,6 +550,9 @@ def parse_args():
     parser.add_argument("--oneshot", action="store_true",
                         help="register clients with EPOLLONESHOT: one thread owns each "
                              "connection until it re-arms it")
+    parser.add_argument("--no-lock", action="store_true",
+                        help="the broken variant: a thread handed a connection that another "
+                             "thread is handling goes ahead instead of waiting")
     parser.add_argument("--processes", type=int, default=0, metavar="N",
                         help="N worker processes under a supervising parent (default: none)")
     parser.add_argument("--exclusive", action="store_true",
@@ -547,7 +561,7 @@ def parse_args():
     parser.add_argument("--reuseport", action="store_true",
                         help="with --processes: one SO_REUSEPORT listener per worker")
     parser.add_argument("--work-ms", type=float, default=0.0, metavar="MS",
-                        help="milliseconds of waiting (not computing) per chunk read")
+                        help="milliseconds of waiting (not computing) per KiB read")
     parser.add_argument("--trace", action="store_true",
                         help="print what each thread or worker does")
     parser.add_argument("--recv-size", type=int, default=RECV_SIZE, metavar="N",
@@ -564,8 +578,8 @@ def parse_args():
         fail(f"--processes must be between 1 and 64, not {args.processes}")
     if not 0 <= args.work_ms <= 10_000:
         fail("--work-ms must be between 0 and 10000")
-    if args.processes and (args.threads > 1 or args.oneshot):
-        fail("--threads/--oneshot and --processes: this lesson shows each on its own")
+    if args.processes and (args.threads > 1 or args.oneshot or args.no_lock):
+        fail("--threads/--oneshot/--no-lock and --processes: this lesson shows each on its own")
     if (args.exclusive or args.reuseport) and not args.processes:
         fail("--exclusive and --reuseport need --processes N")
     if args.exclusive and args.reuseport:

@@ -946,3 +946,76 @@ def require_tool(command: str) -> str:
     raise ToolMissing(f"{command} is not installed here, so this cell cannot run it: install the "
                       f"package {package} (Debian or Ubuntu: sudo apt-get install {package}; on a "
                       f"JupyterHub, ask whoever runs it to add {package} to the image).")
+
+
+# -- many workers (lesson 08): who they are, where they sleep, how often they were woken ----
+
+def worker_pids(server: Server, count: int, timeout: float = IO_TIMEOUT) -> dict[int, int]:
+    """{worker number: pid} from lesson 08's "worker K started, pid P" lines, once `count`
+    of them have come (bounded: they follow the readiness line)."""
+    def found():
+        pids = {}
+        for line in server.lines:
+            if line.startswith("worker ") and ", pid " in line:
+                pids[int(line.split()[1])] = int(line.rpartition(" ")[2])
+        return pids if len(pids) >= count else None
+    return wait_until(found, timeout=timeout, what=f"{count} 'worker K started' lines")
+
+
+def wakeups(pid: int) -> int:
+    """How often process `pid` has gone to sleep of its own accord, by the kernel's count
+    (voluntary_ctxt_switches in /proc/PID/status). A process that sleeps again after every
+    wake-up adds one per wake-up, including those that never return from epoll_wait."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise RuntimeError("no voluntary_ctxt_switches line")
+
+
+def accepts_by_worker(lines: list[str]) -> list[int]:
+    """The worker number of every "worker K: accept fd N" line of lesson 08's --trace."""
+    return [int(line.split()[1].rstrip(":")) for line in lines
+            if line.startswith("worker ") and ": accept fd " in line]
+
+
+def woken_per_connection(server: Server, pids: dict[int, int], connections: int,
+                         clients: list | None = None) -> list[tuple[int, int]]:
+    """Connect `connections` clients one at a time, each while every worker sleeps in
+    epoll_wait, and return for each (how many workers the kernel woke for it, the worker
+    that accepted it). For a server started with --trace. The clients are appended to
+    `clients` and left open when it is given, else closed at the end."""
+    kept = [] if clients is None else clients
+    found = []
+    try:
+        for _ in range(connections):
+            for pid in pids.values():
+                wait_until(lambda: _sleeps_in_epoll(pid), what="every worker in epoll_wait")
+            before = {k: wakeups(pid) for k, pid in pids.items()}
+            seen = len(accepts_by_worker(server.lines))
+            kept.append(server.connect())
+            wait_until(lambda: len(accepts_by_worker(server.lines)) > seen, what="the accept")
+            for pid in pids.values():  # a woken worker runs, finds nothing or accepts, sleeps
+                wait_until(lambda: _sleeps_in_epoll(pid), what="every worker in epoll_wait")
+            woken = sum(wakeups(pid) > before[k] for k, pid in pids.items())
+            found.append((woken, accepts_by_worker(server.lines)[seen]))
+    finally:
+        if clients is None:
+            for sock in kept:
+                sock.close()
+    return found
+
+
+def every_thread_in_epoll_wait(pid: int) -> bool:
+    """True while every thread of process `pid` sleeps inside epoll_wait: a server whose
+    threads share one epoll instance has finished everything it was given."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # the process has exited
+        return False
+    def asleep(tid):
+        try:
+            where = Path(f"/proc/{pid}/task/{tid}/wchan").read_text()
+        except OSError:  # that thread has exited
+            return True
+        return "epoll" in where or "ep_poll" in where
+    return all(asleep(tid) for tid in tasks)

@@ -211,3 +211,20 @@ def test_source_of_gives_a_lesson_s_own_code_as_written():
     with pytest.raises(KeyError, match="01_lt_echo.py has no EchoServer.nothing"):
         harness.source_of("01_lt_echo.py", "EchoServer.nothing")
 
+
+
+def test_wakeups_and_every_thread_in_epoll_wait_follow_a_threaded_server():
+    # Lesson 08's helpers: the kernel's count of sleeps grows when a client wakes the server,
+    # and a server is "every thread in epoll_wait" only once each of its threads is.
+    def sleeps(server):  # every thread's count (/proc/TID works for a thread id too)
+        return sum(harness.wakeups(int(task.name))
+                   for task in Path(f"/proc/{server.pid}/task").iterdir())
+
+    with harness.start("08_workers.py", "--threads", "3") as server:
+        assert len(list(Path(f"/proc/{server.pid}/task").iterdir())) == 3
+        harness.wait_until(lambda: harness.every_thread_in_epoll_wait(server.pid))
+        before = sleeps(server)
+        assert harness.echo(server.address, b"wake up") == b"wake up"
+        harness.wait_until(lambda: harness.every_thread_in_epoll_wait(server.pid))
+        assert sleeps(server) > before
+    assert not harness.every_thread_in_epoll_wait(server.pid)  # it has exited

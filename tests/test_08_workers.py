@@ -1,0 +1,214 @@
+"""Lesson 08: threads on one epoll instance, processes on one port, and their supervisor.
+
+Each test names what it guards; each was seen to fail with that mistake put back."""
+
+import collections
+import os
+import select
+import signal
+import time
+
+import pytest
+
+import harness
+
+LESSON = "08_workers.py"
+WORKERS = 4
+MODES = {
+    "one thread": [],
+    "threads": ["--threads", "4"],
+    "threads oneshot": ["--threads", "4", "--oneshot"],
+    "processes": ["--processes", "3"],
+    "exclusive": ["--processes", "3", "--exclusive"],
+    "reuseport": ["--processes", "3", "--reuseport"],
+}
+
+
+# -- every mode: 200 clients at once, every byte back once and in order ---------------------
+
+@pytest.mark.parametrize("args", MODES.values(), ids=MODES.keys())
+def test_200_concurrent_clients_get_every_byte_back_once(start, args):
+    server = start(LESSON, *args)
+    payloads = [os.urandom(size) for size in (1, 1000, 20_000, 100_000) * 50]
+    assert harness.exchange(server.address, payloads, timeout=30) == payloads
+    # and half-closed clients get all they are owed, then EOF
+    owed = [os.urandom(50_000) for _ in range(20)]
+    assert harness.exchange(server.address, owed, half_close=True, timeout=30) == owed
+    assert server.stop() == 0
+    assert "Traceback" not in server.output(), server.output()
+    if "--processes" in args:
+        assert server.lines[-1] == "every worker stopped cleanly", server.output()
+
+
+# -- threads: one connection handed to two threads, and EPOLLONESHOT -------------------------
+
+def reads(server):
+    return sum(": read fd " in line for line in server.lines)
+
+
+def send_piece_by_piece(server, pieces):
+    """Send each piece once a thread has read the one before: it arrives while that thread
+    is still at work on its piece (--work-ms). Returns the echo of them all."""
+    with server.connect() as sock:
+        for piece in pieces:
+            seen = reads(server)
+            harness.send_all(sock, piece)
+            harness.wait_until(lambda: reads(server) > seen, what="a thread reading the piece")
+        return harness.recv_exactly(sock, sum(map(len, pieces)))
+
+
+# A big piece (four times the work) and then a small one, on one connection.
+PIECES = [b"B" * 4096, b"s"]
+WORK = ["--work-ms", "60"]  # per KiB: 240 ms for the big piece, 60 ms for the small one
+
+
+def shared(server):
+    return [line for line in server.lines if "is still being handled by" in line]
+
+
+def test_without_oneshot_two_threads_are_handed_one_connection_and_its_bytes_stay_in_order(start):
+    # Edge-triggered alone, a piece that arrives while one thread works on the connection is
+    # reported to another. Unguarded, that thread would echo the small piece first.
+    server = start(LESSON, "--threads", "2", *WORK, "--trace")
+    assert send_piece_by_piece(server, PIECES) == b"".join(PIECES)
+    assert shared(server), server.output()
+
+
+def test_no_lock_lets_the_small_piece_overtake_the_big_one(start):
+    server = start(LESSON, "--threads", "2", "--no-lock", *WORK, "--trace")
+    assert send_piece_by_piece(server, PIECES) == b"".join(reversed(PIECES))
+    assert shared(server), server.output()
+
+
+def test_with_oneshot_one_thread_owns_the_connection_until_it_re_arms(start):
+    server = start(LESSON, "--threads", "2", "--oneshot", *WORK, "--trace")
+    assert send_piece_by_piece(server, PIECES) == b"".join(PIECES)
+    assert not shared(server), server.output()
+    # Re-armed: a message sent once every thread is back in epoll_wait is still reported.
+    with server.connect() as sock:
+        for message in (b"once", b"twice", b"three times"):
+            harness.wait_until(lambda: harness.every_thread_in_epoll_wait(server.pid),
+                               what="every thread in epoll_wait")
+            harness.send_all(sock, message)
+            assert harness.recv_exactly(sock, len(message), timeout=5) == message
+
+
+# -- processes: the herd, EPOLLEXCLUSIVE, SO_REUSEPORT ---------------------------------------
+
+CONNECTIONS = 20
+
+
+def woken(server, count=CONNECTIONS, clients=None):
+    pids = harness.worker_pids(server, WORKERS)
+    return harness.woken_per_connection(server, pids, count, clients)
+
+
+def test_the_herd_wakes_every_worker_and_exclusive_wakes_one(start):
+    herd = woken(start(LESSON, "--processes", str(WORKERS), "--trace"))
+    exclusive = woken(start(LESSON, "--processes", str(WORKERS), "--exclusive", "--trace"))
+    herd_counts = [n for n, _ in herd]
+    exclusive_counts = [n for n, _ in exclusive]
+    assert sum(n >= 2 for n in herd_counts) > CONNECTIONS / 2, herd_counts
+    assert sum(n == 1 for n in exclusive_counts) > CONNECTIONS / 2, exclusive_counts
+    assert sum(exclusive_counts) < sum(herd_counts)
+
+
+def test_reuseport_wakes_only_the_owner_and_spreads_the_clients(start):
+    server = start(LESSON, "--processes", str(WORKERS), "--reuseport", "--trace")
+    found = woken(server, 40)
+    assert all(n == 1 for n, _ in found), found  # nobody woken for another's client
+    per_worker = collections.Counter(by for _, by in found)
+    assert set(per_worker) == set(range(WORKERS)), per_worker  # every worker got some
+
+
+def echoed_until_quiet(clients):
+    """Which clients got any answer before all of them had been silent for harness.QUIET."""
+    answered = [False] * len(clients)
+    while True:
+        ready = select.select([s for s, done in zip(clients, answered) if not done], [], [],
+                              harness.QUIET)[0]
+        if not ready:
+            return answered
+        for sock in ready:
+            answered[clients.index(sock)] = bool(sock.recv(64))
+
+
+def test_with_reuseport_clients_hashed_to_a_stopped_worker_wait_for_it(start):
+    server = start(LESSON, "--processes", str(WORKERS), "--reuseport", "--trace")
+    pids = harness.worker_pids(server, WORKERS)
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        clients = [server.connect() for _ in range(40)]
+        for sock in clients:
+            harness.send_all(sock, b"ping")
+        answered = echoed_until_quiet(clients)
+        waiting = answered.count(False)
+        assert 0 < waiting < len(clients), answered
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    for sock, done in zip(clients, answered):
+        if not done:
+            assert harness.recv_exactly(sock, 4) == b"ping"  # served once it runs again
+        sock.close()
+
+
+# -- supervision ------------------------------------------------------------------------------
+
+def gone_within(pids, seconds):
+    try:
+        harness.wait_until(lambda: all(harness.gone(pid) for pid in pids), timeout=seconds,
+                           what="every worker gone")
+        return True
+    except harness.Stalled:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("mode", ["processes", "reuseport"])
+def test_a_signal_to_the_parent_stops_every_worker_cleanly_within_a_second(start, mode, signum):
+    server = start(LESSON, *MODES[mode])
+    pids = harness.worker_pids(server, 3)
+    began = time.monotonic()
+    server.send_signal(signum)
+    assert server.proc.wait(timeout=5) == 0
+    assert time.monotonic() - began < 1.0
+    assert gone_within(pids.values(), 1.0)
+    server.stop()
+    assert server.lines[-1] == "every worker stopped cleanly", server.output()
+
+
+def test_a_crashed_worker_is_reported_and_the_others_serve_on(start):
+    server = start(LESSON, "--processes", "3")
+    pids = harness.worker_pids(server, 3)
+    os.kill(pids[1], signal.SIGKILL)
+    line = server.wait_for_line("died")
+    assert line == f"worker 1 (pid {pids[1]}) died: killed by SIGKILL"
+    for _ in range(10):
+        assert harness.echo(server.address, b"still here") == b"still here"
+    assert server.alive()
+    assert server.stop() == 0
+
+
+def test_no_worker_outlives_a_parent_killed_with_sigkill(start):
+    # The parent gets no chance to stop anyone. One worker is stopped (SIGSTOP) too, as a
+    # worker stopped in a debugger would be: it could not act on any signal but SIGKILL.
+    server = start(LESSON, "--processes", "3", "--reuseport")
+    pids = harness.worker_pids(server, 3)
+    os.kill(pids[2], signal.SIGSTOP)
+    server.proc.kill()
+    try:
+        assert gone_within(pids.values(), 2.0), [harness.process_state(p) for p in pids.values()]
+    finally:
+        for pid in pids.values():  # never leave one behind, even when the test fails
+            if not harness.gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("args", [["--exclusive"], ["--reuseport"], ["--threads", "2", "--processes", "2"],
+                                  ["--processes", "2", "--exclusive", "--reuseport"],
+                                  ["--threads", "0"], ["--processes", "-1"], ["--work-ms", "x"],
+                                  ["--processes", "2", "--no-lock"]])
+def test_flags_that_do_not_go_together_are_one_clear_line(args):
+    result = harness.run(LESSON, "--port", "0", *args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
