@@ -1,7 +1,9 @@
 """Shared fixtures: servers that are always stopped, real client tools that must exist, and
 the one check that a lesson server still serves a newcomer."""
 
+import functools
 import os
+import re
 import shutil
 
 import pytest
@@ -56,3 +58,38 @@ def still_serves(server):
         assert harness.echo(server.address, payload) == payload
     assert server.alive(), server.output()
     assert "Traceback" not in server.output(), server.output()
+
+
+# -- running in parallel -------------------------------------------------------------------
+# pytest.ini runs the suite in worker processes (pytest-xdist) with --dist loadfile: all of a
+# file's items in one worker, in their order. A notebook needs that (its cells share one
+# kernel), and so does a module with a module-scoped fixture (set up once, not once per
+# worker); it is also what a run that does not load this file gets (`pytest notebooks/x`).
+# Every other module's tests are independent, so they are handed out one by one: a long
+# module (one test per lesson) then does not keep one worker busy after the others are done.
+# The big units go out first (xdist orders them by their number of items).
+
+SHARED_FIXTURE = re.compile(r"""scope=["'](module|package|session)["']""")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None  # another --dist asked for on the command line: xdist's own
+    from xdist.scheduler import LoadFileScheduling
+
+    class Spread(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            return path if kept_whole(config.rootpath / path) else nodeid
+
+    return Spread(config, log)
+
+
+@functools.cache
+def kept_whole(path):
+    """A notebook, or a test module with a fixture its tests share (or one not read)."""
+    try:
+        return path.suffix != ".py" or bool(SHARED_FIXTURE.search(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError):
+        return True
