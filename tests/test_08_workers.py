@@ -71,19 +71,20 @@ def test_without_oneshot_two_threads_are_handed_one_connection_and_its_bytes_sta
     # reported to another. Unguarded, that thread would echo the small piece first.
     server = start(LESSON, "--threads", "2", *WORK, "--trace")
     assert send_piece_by_piece(server, PIECES) == b"".join(PIECES)
+    server.stop()  # then every line it printed has been read
     assert shared(server), server.output()
 
 
 def test_no_lock_lets_the_small_piece_overtake_the_big_one(start):
     server = start(LESSON, "--threads", "2", "--no-lock", *WORK, "--trace")
     assert send_piece_by_piece(server, PIECES) == b"".join(reversed(PIECES))
+    server.stop()
     assert shared(server), server.output()
 
 
 def test_with_oneshot_one_thread_owns_the_connection_until_it_re_arms(start):
     server = start(LESSON, "--threads", "2", "--oneshot", *WORK, "--trace")
     assert send_piece_by_piece(server, PIECES) == b"".join(PIECES)
-    assert not shared(server), server.output()
     # Re-armed: a message sent once every thread is back in epoll_wait is still reported.
     with server.connect() as sock:
         for message in (b"once", b"twice", b"three times"):
@@ -91,6 +92,8 @@ def test_with_oneshot_one_thread_owns_the_connection_until_it_re_arms(start):
                                what="every thread in epoll_wait")
             harness.send_all(sock, message)
             assert harness.recv_exactly(sock, len(message), timeout=5) == message
+    server.stop()
+    assert not shared(server), server.output()
 
 
 # -- processes: the herd, EPOLLEXCLUSIVE, SO_REUSEPORT ---------------------------------------
