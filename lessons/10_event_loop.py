@@ -166,9 +166,7 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
             self._process_event(fd, ev)
         now = self.time()
         while self._scheduled and self._scheduled[0][0] <= now:
-            handle = heapq.heappop(self._scheduled)[2]
-            if not handle.cancelled():
-                self._ready.append(handle)
+            self._ready.append(heapq.heappop(self._scheduled)[2])  # due: run in this pass
         # Only what is queued now: a callback's own call_soon runs in the next pass, after
         # epoll has been asked again, so callbacks cannot starve I/O.
         for _ in range(len(self._ready)):
