@@ -164,7 +164,7 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
         if self._ready or self._stopping:
             timeout = 0  # work is waiting: only look
         # TODO: with timers in the heap, sleep only until the nearest one is due:
-        # self._scheduled[0][0] - self.time() seconds, never below 0, at most MAX_SLEEP.
+        # TODO: self._scheduled[0][0] - self.time() seconds, never below 0, at most MAX_SLEEP.
         else:
             timeout = -1  # nothing to do until an fd is ready: sleep as long as it takes
         events = self._epoll.poll(timeout)  # rounds up to whole ms: never wakes early
@@ -174,7 +174,7 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
             self._process_event(fd, ev)
         now = self.time()
         # TODO: pop every timer that is due (its time <= now) off the heap (heapq.heappop)
-        # and append its handle to self._ready (a cancelled one is skipped there).
+        # TODO: and append its handle to self._ready (a cancelled one is skipped there).
         # Only what is queued now: a callback's own call_soon runs in the next pass, after
         # epoll has been asked again, so callbacks cannot starve I/O.
         for _ in range(len(self._ready)):
@@ -237,7 +237,7 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
         self._check_closed()
         timer = TimerHandle(when, callback, args, self, context)
         # TODO: push the timer on the heap self._scheduled (heapq.heappush) as the tuple
-        # (when, next(self._sequence), timer): nearest first, equal times in order asked.
+        # TODO: (when, next(self._sequence), timer): nearest first, equal times in order.
         return timer
 
     # -- 3. readers and writers -------------------------------------------------------------

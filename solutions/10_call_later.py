@@ -165,7 +165,7 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
             timeout = 0  # work is waiting: only look
         # exercise: the starting point has the "#|" lines, not the answer below
         #| # TODO: with timers in the heap, sleep only until the nearest one is due:
-        #| # self._scheduled[0][0] - self.time() seconds, never below 0, at most MAX_SLEEP.
+        #| # TODO: self._scheduled[0][0] - self.time() seconds, never below 0, at most MAX_SLEEP.
         # answer:
         elif self._scheduled:
             timeout = min(max(0.0, self._scheduled[0][0] - self.time()), MAX_SLEEP)
@@ -180,7 +180,7 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
         now = self.time()
         # exercise: the starting point has the "#|" lines, not the answer below
         #| # TODO: pop every timer that is due (its time <= now) off the heap (heapq.heappop)
-        #| # and append its handle to self._ready (a cancelled one is skipped there).
+        #| # TODO: and append its handle to self._ready (a cancelled one is skipped there).
         # answer:
         while self._scheduled and self._scheduled[0][0] <= now:
             self._ready.append(heapq.heappop(self._scheduled)[2])  # due: run in this pass
@@ -248,7 +248,7 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
         timer = TimerHandle(when, callback, args, self, context)
         # exercise: the starting point has the "#|" lines, not the answer below
         #| # TODO: push the timer on the heap self._scheduled (heapq.heappush) as the tuple
-        #| # (when, next(self._sequence), timer): nearest first, equal times in order asked.
+        #| # TODO: (when, next(self._sequence), timer): nearest first, equal times in order.
         # answer:
         heapq.heappush(self._scheduled, (when, next(self._sequence), timer))
         # end of the answer
