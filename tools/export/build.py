@@ -266,8 +266,8 @@ def lay_out_deck(nb):
                 used = HEADING.get(len(heading) - len(heading.lstrip("#")), 62)
             used += height
             cells.append(piece)
-        if cell.metadata.get("notes"):
-            cells.append(new_cell(cell.metadata["notes"], "notes"))
+            if i == 0 and cell.metadata.get("notes"):  # on the slide where the cell starts
+                cells.append(new_cell(cell.metadata["notes"], "notes"))
     nb.cells = cells
 
 
