@@ -28,8 +28,9 @@ can switch them on one at a time and measure what each one bought:
 
 --trigger level|edge runs any step either way: the same code, drained the same way (read
 until a short read or EAGAIN, which is right for both), so the difference is the kernel's.
---count prints, on exit, how many system calls of each kind the server made (every call
-goes through the bound methods a connection holds, so counting wraps them).
+--count prints how many system calls of each kind the server has made so far, each time a
+connection closes and on exit (every call goes through a bound method held by the server or
+the connection, so counting only wraps those).
 --processes N forks N workers, each with its own listening socket on the same port
 (SO_REUSEPORT: the kernel spreads new connections over them by a hash of the addresses). The
 parent only supervises: SIGTERM or SIGINT to it stops every worker; a worker that dies stops
@@ -413,6 +414,8 @@ class Server:
         self.unregister(conn.fd)  # before close: afterwards the number means nothing
         conn.sock.close()
         self.resume_accept()  # an fd is free again
+        if self.count:  # the calls so far, each time a client leaves
+            print(calls_line(), flush=True)
 
     def update_interest(self, conn):
         wanted = conn.wanted()
@@ -588,7 +591,7 @@ def run(listener, args, announce=False):
     profile = None
     if args.profile:
         import cProfile
-        profile = cProfile.Profile()
+        profile = cProfile.Profile(time.process_time)  # CPU time: waiting is not work
         profile.enable()
     try:
         loop()
