@@ -25,6 +25,7 @@ import argparse
 import ctypes
 import errno
 import heapq
+import json
 import os
 import select
 import signal
@@ -262,23 +263,30 @@ def demo_fork(args):
 
 
 def run_child(work):
-    """fork; the child runs work() and sends back its (small) result; the parent waits."""
+    """fork; the child runs work() and sends back its result (JSON); the parent waits."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: never return into the parent's code
+    if pid == 0:  # the child: it must never return into the parent's code
         try:
-            os.write(w, repr(work()).encode())
+            os.write(w, json.dumps(work()).encode())
         finally:
-            os._exit(0)
+            os._exit(0)  # no atexit, no finally blocks of the parent's, no flushing twice
     os.close(w)
     with os.fdopen(r, "rb") as reader:
         result = reader.read()
     os.waitpid(pid, 0)
-    return eval(result, {})  # our own child's repr of a list of tuples of ints
+    return json.loads(result)
 
 
 def fork_race(flags):
-    """Parent and child wait on the shared instance; one arrival: who wakes with it?"""
+    """Parent and child wait on the shared instance; one arrival: who wakes with it?
+
+    What decides it is in the kernel (fs/eventpoll.c): each epoll_wait sleeps on the
+    instance's own wait queue as an "exclusive" waiter, put at the head, so one arrival wakes
+    one sleeper, the one that went to sleep last. A level-triggered item goes back on the
+    ready list when it is handed out, so the kernel, finding the list not empty, wakes the
+    next sleeper as well. The child goes to sleep first and the parent second, every run.
+    """
     ep = select.epoll()
     a, a_peer = socket_pair()
     ep.register(a.fileno(), flags)
@@ -286,7 +294,7 @@ def fork_race(flags):
     pid = os.fork()
     if pid == 0:
         try:
-            os.write(w, b"1" if ep.poll(QUIET) else b"0")
+            os.write(w, b"1" if ep.poll(BOUND) else b"0")
         finally:
             os._exit(0)
     os.close(w)
@@ -298,9 +306,12 @@ def fork_race(flags):
         a_peer.send(b"x")
     sender = threading.Thread(target=arrive)
     sender.start()
-    parent = bool(ep.poll(QUIET))
+    parent = bool(ep.poll(BOUND))
     sender.join()
-    child = os.read(r, 1) == b"1"
+    # The arrival is over; a child that has not answered within QUIET slept through it.
+    child = bool(select.select([r], [], [], QUIET)[0]) and os.read(r, 1) == b"1"
+    if not child:
+        os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     os.close(r)
     for sock in (a, a_peer):
@@ -340,22 +351,13 @@ def demo_errors(args):
                 say(f"  {what}: {errno.errorcode[e.errno]}, {type(e).__name__}")
         os.close(directory)
         other.close()
-    say("A regular file is always ready to read and write, so there is nothing to wait for: "
-        "epoll refuses it (EPERM) where select and poll just report it ready.")
-    ready = select.select([regular_file_fd()], [], [], 0)[0]
-    say(f"  select() on a regular file: ready at once ({bool(ready)})")
+        say("A regular file is always ready to read and write, so there is nothing to wait "
+            "for: epoll refuses it (EPERM) where select and poll just report it ready.")
+        ready = select.select([regular], [regular], [], 0)
+        say(f"  select() on a regular file: ready at once ({ready[0] == ready[1] == [regular]})")
     a.close()
     a_peer.close()
     ep.close()
-
-
-def regular_file_fd():
-    f = tempfile.TemporaryFile()
-    _keep.append(f)
-    return f.fileno()
-
-
-_keep = []  # files that must stay open until the program ends
 
 
 # -- nested -----------------------------------------------------------------------------------
