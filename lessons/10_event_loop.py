@@ -133,8 +133,7 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
 
     def run_forever(self):
         self._check_closed()
-        if self._running or asyncio._get_running_loop() is not None:
-            raise RuntimeError("This event loop is already running")
+        self._check_running()
         old_hooks = sys.get_asyncgen_hooks()
         sys.set_asyncgen_hooks(firstiter=self._asyncgens.add,
                                finalizer=self._asyncgen_finalizer)
@@ -179,6 +178,7 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
 
     def run_until_complete(self, future):
         self._check_closed()
+        self._check_running()
         future = asyncio.ensure_future(future, loop=self)  # a coroutine becomes a Task
 
         def stop_when_done(_):
@@ -201,6 +201,10 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
     def _check_closed(self):
         if self._closed:
             raise RuntimeError("Event loop is closed")
+
+    def _check_running(self):  # one loop per thread: asyncio's rule, and the same words
+        if self._running or asyncio._get_running_loop() is not None:
+            raise RuntimeError("This event loop is already running")
 
     def close(self):
         if self._running:
