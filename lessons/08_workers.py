@@ -72,6 +72,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 
 EDGE = select.EPOLLET  # report arrivals, not levels (lesson 02)
 READABLE = select.EPOLLIN
@@ -369,6 +370,18 @@ class EchoServer:
 
 # -- one process, N threads -------------------------------------------------------------
 
+def serve_or_die(server, who):
+    """A thread's whole life. An error that escapes the loop ends the process, as it would in
+    the main thread: a server quietly down one thread, with whatever that thread held left
+    half done, is worse than one that stops and says why."""
+    try:
+        server.serve(who)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+
 def run_threads(listener, args):
     """The default (one thread) and --threads N: every thread on one epoll instance."""
     server = EchoServer(listener, trace=args.trace, recv_size=args.recv_size,
@@ -376,7 +389,7 @@ def run_threads(listener, args):
                         no_lock=args.no_lock)
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda *_: None)  # the wake-up fd does the work
-    others = [threading.Thread(target=server.serve, args=(f"thread {k}",), daemon=True)
+    others = [threading.Thread(target=serve_or_die, args=(server, f"thread {k}"), daemon=True)
               for k in range(1, args.threads)]
     for thread in others:
         thread.start()
@@ -423,7 +436,6 @@ def worker(index, listener, args, parent):
         finally:
             server.shutdown()
     except BaseException:
-        import traceback
         traceback.print_exc()
         status = 1
     finally:

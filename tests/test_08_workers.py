@@ -3,6 +3,7 @@
 Each test names what it guards; each was seen to fail with that mistake put back."""
 
 import collections
+import importlib.util
 import os
 import select
 import signal
@@ -38,6 +39,24 @@ def test_200_concurrent_clients_get_every_byte_back_once(start, args):
     assert "Traceback" not in server.output(), server.output()
     if "--processes" in args:
         assert server.lines[-1] == "every worker stopped cleanly", server.output()
+
+
+def hostile_clients():
+    """exercises/checks/hostile.py: the rude clients every echo lesson must survive."""
+    path = harness.ROOT / "exercises" / "checks" / "hostile.py"
+    spec = importlib.util.spec_from_file_location("hostile_clients", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mode", ["threads", "threads oneshot", "processes"])
+def test_rude_clients_end_only_their_own_connection_in_every_mode(mode):
+    # A reset mid-send, a client that never reads, a half-close, garbage: with threads in one
+    # connection's state, or workers, each one still costs only its own connection.
+    hostile_clients().tcp_echo(LESSON, *MODES[mode])  # raises, saying which client broke it
+    server = harness.started[-1]  # the server it drove, stopped by now
+    assert "Traceback" not in server.output() and "died" not in server.output(), server.output()
 
 
 # -- threads: one connection handed to two threads, and EPOLLONESHOT -------------------------
