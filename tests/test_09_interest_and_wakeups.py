@@ -182,21 +182,19 @@ def test_timers_never_early_and_a_timerfd_counts_every_expiry():
     assert counted >= 3 and int(passed) - 1 <= counted <= int(passed), busy
 
 
-def test_fork_and_wake_leave_no_process_behind():
-    # fork starts children, wake threads: when the program ends, nothing of it may remain.
-    for name in ("fork", "wake"):
-        proc = subprocess.Popen([sys.executable, str(harness.script_path(SCRIPT)), name,
-                                 "--rounds", "1"] if name == "wake" else
-                                [sys.executable, str(harness.script_path(SCRIPT)), name],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        try:
-            assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert in_session(proc.pid) == [], name
+def test_fork_leaves_no_process_behind():
+    # The fork demonstration starts children; when the program ends, none may remain. (A
+    # child that slept through an arrival is ended; every one is waited for.)
+    proc = subprocess.Popen([sys.executable, str(harness.script_path(SCRIPT)), "fork"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert in_session(proc.pid) == []
 
 
 def in_session(sid):
