@@ -292,7 +292,7 @@ def test_trace_shows_accepts_wakes_and_closes(start):
     with server.connect() as sock:
         harness.send_all(sock, b"hello")
         assert harness.recv_exactly(sock, 5) == b"hello"
-        fd = harness.accepted_fds(server.lines)
+        fd = harness.accepted_fds([server.wait_for_line("accept fd")])
     server.wait_for_line("close fd")
     assert len(fd) == 1 and harness.reports_for(server.lines, fd[0], "IN") >= 1
     assert f"close fd {fd[0]}: client finished" in server.lines
