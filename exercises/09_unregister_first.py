@@ -18,10 +18,10 @@ number that is closed. `python3 lessons/09_interest_and_wakeups.py dup-close` sh
 
 import argparse
 import errno
+import os
 import select
 import signal
 import socket
-import os
 import sys
 import time
 
@@ -235,7 +235,7 @@ class EchoServer:
             print("snapshot: one is running already", flush=True)
             return
         pid = os.fork()
-        if pid == 0:  # the child: it has a copy of every fd of the parent, and of its epoll
+        if pid == 0:  # the child: a copy of every fd of the parent's, one epoll instance with it
             try:
                 signal.set_wakeup_fd(-1)
                 for signum in (signal.SIGINT, signal.SIGTERM):

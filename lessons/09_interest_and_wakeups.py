@@ -17,21 +17,24 @@ labelled with the closed number. Every lesson therefore unregisters before it cl
 How anything other than a socket wakes a loop asleep in epoll_wait: something it watches must
 become readable. Another thread writes to an eventfd (eventfd(2)) or a pipe; a signal handler
 makes Python write the signal's number into the fd given to signal.set_wakeup_fd (lessons 01
-to 06 stop that way); a timer is either a timerfd (timerfd_create(2)) or, as lesson 04 does,
+to 05 stop that way); a timer is either a timerfd (timerfd_create(2)) or, as lesson 04 does,
 the epoll_wait timeout taken from the nearest deadline.
 """
 
 import argparse
 import ctypes
 import errno
+import fcntl
 import heapq
 import json
 import os
 import select
 import signal
 import socket
+import struct
 import sys
 import tempfile
+import termios
 import threading
 import time
 
@@ -404,20 +407,23 @@ def demo_rdhup(args):
         client.shutdown(socket.SHUT_WR)  # a half-close: it sends no more, it still reads
         say(f"registered for {mask_name(asked)}; the client sent 3 bytes, then shut down "
             "its writing side")
-        calls, first = 0, None
-        while True:
-            events = poll_until(ep, conn.fileno(), READABLE | TROUBLE | PEER_SHUT_WRITE)
-            first = first if first is not None else events
-            if events & PEER_SHUT_WRITE:
-                say(f"  epoll_wait reported {mask_name(events)}: the peer is done sending, "
-                    f"known after {calls} recv calls (3 bytes still unread)")
-                break
-            data = conn.recv(1024)
-            calls += 1
-            if not data:
-                say(f"  epoll_wait reported {mask_name(first)}; EOF was known only when "
-                    f"recv returned b'', after {calls} recv calls")
-                break
+        if asked & PEER_SHUT_WRITE:
+            # No read at all: the report itself says the peer has finished sending.
+            events = poll_until(ep, conn.fileno(), PEER_SHUT_WRITE)
+            unread = unread_bytes(conn)
+            say(f"  epoll_wait reported {mask_name(events)}: the peer is done sending, known "
+                f"after 0 recv calls ({unread} bytes still unread)")
+        else:
+            # The only sign of the peer's EOF is a recv that returns b"", after the data.
+            calls, first = 0, poll_until(ep, conn.fileno(), READABLE | TROUBLE)
+            while True:
+                if calls:
+                    poll_until(ep, conn.fileno(), READABLE | TROUBLE)
+                calls += 1
+                if not conn.recv(1024):
+                    break
+            say(f"  epoll_wait reported {mask_name(first)}; EOF was known only when recv "
+                f"returned b'', after {calls} recv calls")
         conn.sendall(b"ok")  # after a half-close the other direction still works
         reply = client.recv(16)
         say(f"  the server may still answer a half-closed client: it received {reply!r}")
@@ -426,6 +432,11 @@ def demo_rdhup(args):
         client.close()
     ep.close()
     listener.close()
+
+
+def unread_bytes(sock):
+    """Bytes waiting in the socket's receive queue, counted by the kernel (FIONREAD), unread."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
 
 
 def poll_until(ep, fd, wanted):
