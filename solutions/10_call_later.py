@@ -9,33 +9,25 @@ and every timeout rest on them. Check with `make check` (or
 
 Lesson 10 itself:
 
-Run it, then talk to it from another terminal:
-
     python3 lessons/10_event_loop.py                  # listening on 127.0.0.1:9010
     python3 lessons/echo_client.py --port 9010
     python3 lessons/10_event_loop.py --loop asyncio   # the same code on asyncio's own loop
 
-The loops of lessons 01 to 06 call handlers named for what epoll reported. asyncio's loop is
-the same machine with three more parts, and this file builds it in four stages, each named
-for its asyncio counterpart (asyncio/base_events.py, selector_events.py, unix_events.py):
+asyncio's loop is the loop of lessons 01 to 06 with three more parts. This file builds it in
+four stages, each named for its counterpart in asyncio (base_events.py, selector_events.py,
+unix_events.py): 1. callbacks: call_soon queues a Handle, one pass runs the queue; 2. timers:
+call_later pushes a TimerHandle on a heap, and the nearest one is the epoll_wait timeout;
+3. readers and writers: epoll interest whose report is a callback; 4. coroutines: asyncio's
+own Future and Task run on those three. A Task is a callback that steps a coroutine; an
+await on a Future parks it until a callback sets the result; sock_recv and friends try the
+system call and, on EAGAIN, await a Future that a reader completes.
 
-1. callbacks: `call_soon` puts a Handle in a queue; one pass of the loop runs the queue.
-2. timers: `call_later` puts a TimerHandle in a heap; the nearest one is the epoll_wait timeout.
-3. readers and writers: `add_reader(fd, callback)` is epoll interest whose report is a callback.
-4. coroutines: asyncio's own Future and Task run on those three. A Task is a callback that
-   sends a value into a coroutine; an `await` on a Future parks it until a callback sets the
-   result. `sock_recv` and friends try the system call, and on EAGAIN await a Future that a
-   reader callback completes.
-
-That is enough for unmodified asyncio code (sleep, gather, wait_for, Queue, Lock, Event,
-shield, cancellation) to run on it, with asyncio.Runner(loop_factory=EpollEventLoop) on
-Python 3.11+ or loop.run_until_complete on 3.10. What it does not do (servers, streams,
-subprocesses, executors...) raises NotImplementedError naming the method.
-
-Run as a script, it is an echo server written with loop.sock_* on this loop: one task reads
-a client into its outbox, a second sends the outbox back, and an asyncio.Condition between
-them stops reading while too much is owed. Like asyncio's own selector loop, this one is
-level-triggered: a reader is registered only while a coroutine waits for it.
+Unmodified asyncio code (sleep, gather, wait_for, Queue, Lock, Event, shield, cancellation)
+runs on it, with asyncio.Runner(loop_factory=EpollEventLoop) on Python 3.11+ or
+run_until_complete on 3.10; what it does not do (servers, streams, subprocesses, executors)
+raises NotImplementedError naming the method. As a script it is an echo server written with
+loop.sock_*. Like asyncio's selector loop it is level-triggered: a reader is registered only
+while a coroutine waits for it.
 """
 
 import argparse
@@ -141,8 +133,7 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
 
     def run_forever(self):
         self._check_closed()
-        if self._running or asyncio._get_running_loop() is not None:
-            raise RuntimeError("This event loop is already running")
+        self._check_running()
         old_hooks = sys.get_asyncgen_hooks()
         sys.set_asyncgen_hooks(firstiter=self._asyncgens.add,
                                finalizer=self._asyncgen_finalizer)
@@ -197,6 +188,7 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
 
     def run_until_complete(self, future):
         self._check_closed()
+        self._check_running()
         future = asyncio.ensure_future(future, loop=self)  # a coroutine becomes a Task
 
         def stop_when_done(_):
@@ -219,6 +211,10 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
     def _check_closed(self):
         if self._closed:
             raise RuntimeError("Event loop is closed")
+
+    def _check_running(self):  # one loop per thread: asyncio's rule, and the same words
+        if self._running or asyncio._get_running_loop() is not None:
+            raise RuntimeError("This event loop is already running")
 
     def close(self):
         if self._running:
