@@ -545,7 +545,15 @@ def coalesced():
         f"{not select.select([efd], [], [], 0)[0]}")
     r, w = os.pipe()
     os.set_blocking(r, False)
-    os.set_blocking(w, False)  # set_wakeup_fd insists: a signal handler must never block
+    for _ in range(3):
+        os.write(w, b"\0")
+    say(f"Three writes to a self-pipe: {len(os.read(r, 4096))} bytes to read, one per write "
+        "(pipe(7): a full pipe blocks its writer, unless that end is non-blocking)")
+    try:
+        signal.set_wakeup_fd(w)
+    except ValueError as e:
+        say(f"signal.set_wakeup_fd refuses the pipe while its writing end blocks: {e}")
+    os.set_blocking(w, False)  # a signal handler must never block
     signal.set_wakeup_fd(w, warn_on_full_buffer=False)
     previous = signal.signal(signal.SIGUSR1, lambda *_: None)
     try:

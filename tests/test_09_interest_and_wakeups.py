@@ -166,6 +166,8 @@ def test_wake_eventfd_pipe_and_wakeup_fd_wake_at_once_nothing_waits_for_the_time
     assert "one read returns 3" in line_with(lines, "Three eventfd writes")
     assert line_with(lines, "Three eventfd writes").endswith("not readable: True")
     assert f"the byte [{int(signal.SIGUSR1)}] into the pipe" in line_with(lines, "set_wakeup_fd: a")
+    assert "3 bytes to read, one per write" in line_with(lines, "Three writes to a self-pipe")
+    assert "non-blocking mode" in line_with(lines, "refuses the pipe while its writing end blocks")
 
 
 def test_timers_never_early_and_a_timerfd_counts_every_expiry():
