@@ -32,10 +32,12 @@ EXERCISES = check.load_exercises()
 each_exercise = pytest.mark.parametrize("exercise", EXERCISES, ids=lambda ex: ex.name[:2])
 
 
-@pytest.fixture(scope="module")
-def starts(tmp_path_factory):
-    """A folder of pristine starting points, derived from solutions/."""
-    folder = tmp_path_factory.mktemp("starts")
+@pytest.fixture
+def starts(tmp_path):
+    """A folder of pristine starting points, derived from solutions/ (in milliseconds: each
+    test derives its own, so that the tests of this module can run in any worker)."""
+    folder = tmp_path / "starts"
+    folder.mkdir()
     for ex in EXERCISES:
         (folder / ex.name).write_text(tool.pristine_start(ex.name))
     return folder
