@@ -179,7 +179,6 @@ def test_lesson_01_runs_in_jupyterlab_in_a_browser(tmp_path):
             "expression": "jupyterapp.commands.execute('notebook:run-all-cells')",
             "awaitPromise": True, "returnByValue": True}, timeout=RUN_TIMEOUT)
         assert "exceptionDetails" not in ran, ran["exceptionDetails"]
-        assert ran["result"].get("value") is True, f"a cell failed: {ran['result']}"
         cells = browser.evaluate(f"""(async () => {{ {UNTIL}
             const panel = jupyterapp.shell.currentWidget;
             await until('the kernel to go idle', () => panel.sessionContext.session.kernel.status === 'idle',
@@ -196,15 +195,18 @@ def test_lesson_01_runs_in_jupyterlab_in_a_browser(tmp_path):
         took = time.monotonic() - started
         shot = browser.screenshot(tmp_path / "lab.png")
 
+        for number, cell in enumerate(cells, start=1):
+            where = f"cell [{number}] of {NOTEBOOK.name}"
+            assert not [k for k in cell["kinds"] if k.startswith(("error", "stream:stderr"))], \
+                f"{where}: {[s['text'][-400:] for s in cell['shown']]}"
+            assert not [s for s in cell["shown"] if s["mime"] == "application/vnd.jupyter.stderr"], \
+                f"{where}: {[s['text'][-400:] for s in cell['shown']]}"
+        assert ran["result"].get("value") is True, f"Run All Cells failed: {ran['result']}"
         expected = expected_outputs(NOTEBOOK)
         assert [cell["count"] for cell in cells] == list(range(1, len(expected) + 1)), \
             "every cell ran once, in order"
         for number, (cell, (printed, pictures)) in enumerate(zip(cells, expected), start=1):
             where = f"cell [{number}] of {NOTEBOOK.name}"
-            assert not [k for k in cell["kinds"] if k.startswith(("error", "stream:stderr"))], \
-                f"{where}: {cell['shown']}"
-            assert not [s for s in cell["shown"] if s["mime"] == "application/vnd.jupyter.stderr"], \
-                f"{where}: {cell['shown']}"
             shown = "".join(s["text"] for s in cell["shown"] if s["mime"] == "application/vnd.jupyter.stdout")
             assert "Traceback" not in shown, where
             if printed is not None:
