@@ -288,20 +288,21 @@ class EchoServer:
     def update_interest(self, who, conn):
         wanted = conn.wanted()
         fd = conn.sock.fileno()
+        previous, conn.interest = conn.interest, wanted  # recorded before the kernel is told
         # --- EPOLLONESHOT: the report that brought us here disabled the connection, and it
         # stays disabled until we re-arm it, even if the mask we want has not changed. Leave
         # it disabled and this client is never heard from again. The re-arm is EPOLL_CTL_MOD
         # (the fd is still in the interest list: ADD would fail with EEXIST), and it is the
         # last thing this thread does with the connection: from then on, another thread may
-        # be handed it. MOD checks readiness on the spot, so data that came after our last
-        # recv met EAGAIN is reported now, not lost.
+        # be handed it (so dispatch calls this once it has let go of the connection's lock).
+        # MOD checks readiness on the spot, so data that came after our last recv met EAGAIN
+        # is reported now, not lost.
         if self.oneshot:
             self.log(who, f"re-arm fd {fd}: {mask_name(wanted)}")
             self.epoll.modify(fd, wanted | self.client_flags)
-        elif wanted != conn.interest:  # one epoll_ctl only when something changed
-            self.log(who, f"interest fd {fd}: {mask_name(conn.interest)} -> {mask_name(wanted)}")
+        elif wanted != previous:  # one epoll_ctl only when something changed
+            self.log(who, f"interest fd {fd}: {mask_name(previous)} -> {mask_name(wanted)}")
             self.epoll.modify(fd, wanted | self.client_flags)
-        conn.interest = wanted
 
     def poll_timeout(self):
         """How long epoll_wait may sleep: forever (-1), unless accept waits for a retry."""
@@ -351,12 +352,16 @@ class EchoServer:
                 self.on_writable(who, conn)
             if ev & (READABLE | TROUBLE) and not conn.closed:
                 self.on_readable(who, conn)
-            if not conn.closed:
-                self.update_interest(who, conn)
+            if not conn.closed and not self.oneshot:
+                self.update_interest(who, conn)  # under the lock: others may be handed it
         finally:
             if mine:
                 conn.owner = None
                 conn.lock.release()
+        # With EPOLLONESHOT nobody else is handed the connection until it is re-armed, so the
+        # re-arm comes last, after the lock is let go: the thread handed it next finds it free.
+        if self.oneshot and not conn.closed:
+            self.update_interest(who, conn)
 
     def shutdown(self):
         for conn in list(self.conns.values()):

@@ -27,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 
 EDGE = select.EPOLLET  # report arrivals, not levels (lesson 02)
 READABLE = select.EPOLLIN
@@ -229,23 +230,24 @@ class EchoServer:
     def update_interest(self, who, conn):
         wanted = conn.wanted()
         fd = conn.sock.fileno()
+        previous, conn.interest = conn.interest, wanted  # recorded before the kernel is told
         # exercise: the starting point has the "#|" lines, not the answer below
         #| # TODO: the EPOLLONESHOT report that brought this thread here disabled the
         #| # TODO: connection, and it stays disabled until it is re-armed with EPOLL_CTL_MOD.
         #| # TODO: Telling the kernel only when the mask changes (lesson 02's rule) leaves
         #| # TODO: it disabled: the client's next message is never reported to anyone.
-        #| if wanted != conn.interest:  # TODO: re-arm after every turn, changed or not
+        #| if wanted != previous:  # TODO: re-arm after every turn, changed or not
         #|     self.log(who, f"re-arm fd {fd}: {mask_name(wanted)}")
         #|     self.epoll.modify(fd, wanted | self.client_flags)
         # answer:
         # Re-armed after every turn, whether or not the mask changed, as the last thing this
-        # thread does with the connection: from then on another thread may be handed it. MOD,
-        # not ADD (the fd is still in the interest list: EEXIST), and MOD checks readiness
-        # on the spot, so data that came after our last recv met EAGAIN is reported now.
+        # thread does with the connection: from then on another thread may be handed it (so
+        # dispatch calls this once it has let go of the connection's lock). MOD, not ADD (the
+        # fd is still in the interest list: EEXIST), and MOD checks readiness on the spot,
+        # so data that came after our last recv met EAGAIN is reported now, not lost.
         self.log(who, f"re-arm fd {fd}: {mask_name(wanted)}")
         self.epoll.modify(fd, wanted | self.client_flags)
         # end of the answer
-        conn.interest = wanted
 
     def poll_timeout(self):
         """How long epoll_wait may sleep: forever (-1), unless accept waits for a retry."""
@@ -291,12 +293,14 @@ class EchoServer:
                 self.on_writable(who, conn)
             if ev & (READABLE | TROUBLE) and not conn.closed:
                 self.on_readable(who, conn)
-            if not conn.closed:
-                self.update_interest(who, conn)
         finally:
             if mine:
                 conn.owner = None
                 conn.lock.release()
+        # Nobody else is handed the connection until it is re-armed (EPOLLONESHOT), so the
+        # re-arm comes last, after the lock is let go: the thread handed it next finds it free.
+        if not conn.closed:
+            self.update_interest(who, conn)
 
     def shutdown(self):
         for conn in list(self.conns.values()):
@@ -310,13 +314,25 @@ class EchoServer:
 
 # -- the threads ----------------------------------------------------------------------
 
+def serve_or_die(server, who):
+    """A thread's whole life. An error that escapes the loop ends the process, as it would in
+    the main thread: a server quietly down one thread, with whatever that thread held left
+    half done, is worse than one that stops and says why."""
+    try:
+        server.serve(who)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+
 def run_threads(listener, args):
     """--threads N: every thread on one epoll instance."""
     server = EchoServer(listener, trace=args.trace, recv_size=args.recv_size,
                         work=args.work_ms / 1000, threads=args.threads)
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda *_: None)  # the wake-up fd does the work
-    others = [threading.Thread(target=server.serve, args=(f"thread {k}",), daemon=True)
+    others = [threading.Thread(target=serve_or_die, args=(server, f"thread {k}"), daemon=True)
               for k in range(1, args.threads)]
     for thread in others:
         thread.start()

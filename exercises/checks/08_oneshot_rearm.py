@@ -10,7 +10,7 @@ EXERCISE = "08_oneshot_rearm.py"
 TITLE = "lesson 08: re-arm an EPOLLONESHOT connection after every turn"
 HINT = ("In update_interest, re-arm every time: call self.epoll.modify(fd, wanted | "
         "self.client_flags) after every turn, not only when wanted differs from "
-        "conn.interest. EPOLLONESHOT disabled the connection when it was reported; only "
+        "previous. EPOLLONESHOT disabled the connection when it was reported; only "
         "EPOLL_CTL_MOD brings it back (EPOLL_CTL_ADD would fail: it is still registered).")
 MESSAGES = [b"first message", b"second message", b"third message"]
 
