@@ -3,9 +3,12 @@ and raw sockets for what those clients never do (pipelining, byte-at-a-time, bad
 
 import http.client
 import re
+import select
 import socket
 import subprocess
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -397,3 +400,158 @@ def test_lf_before_the_crlf_crlf_of_a_pipelined_request_is_refused(server):
         reply = harness.recv_until_eof(sock, timeout=1.0)
     assert reply.startswith(b"HTTP/1.1 400 ") and reply.count(b"HTTP/1.1 ") == 1, reply[:120]
     assert b"lines must end with CRLF" in reply  # not a glued head's "control characters"
+
+
+# -- what the write path and the timers promise, each with its own client --------------------
+
+def epoll_masks(server):
+    """The event mask of every entry of the server's epoll interest list, as the kernel holds
+    it (/proc/PID/fdinfo of the epoll fd: one `tfd: N events: MASK` line per entry)."""
+    masks = []
+    for info in (Path(f"/proc/{server.pid}/fdinfo")).iterdir():
+        try:
+            text = info.read_text()
+        except OSError:  # an fd closed while we looked
+            continue
+        found = re.findall(r"^tfd:\s*\d+\s+events:\s*([0-9a-f]+)", text, re.M)
+        masks += [int(mask, 16) for mask in found]
+    return masks
+
+
+def test_requests_waiting_while_throttled_are_answered(server):
+    # A client pipelines GETs and reads nothing, until the server stops reading from it
+    # (its unsent answers passed HIGH_WATER; its epoll entry then lacks EPOLLIN) with
+    # requests left in its inbox and nothing left unread. The client sends nothing more and
+    # reads: the server must answer those requests from its inbox when it reads again.
+    # Waiting for new bytes instead would leave it stalled. (When the server stopped with
+    # bytes still unread, which TCP's window sometimes makes so, reading them hides that
+    # mistake: that connection proves nothing, and the test tries a new one.)
+    with server.connect() as probe:  # every answer to get() has the same length
+        harness.send_all(probe, get())
+        _, head, body = harness.recv_http_response(probe)
+    answer = len(head) + len(body)
+    chunk = get() * (16_000 // len(get()))
+
+    def throttled():
+        return any(not mask & select.EPOLLIN for mask in epoll_masks(server))
+
+    for _ in range(20):
+        with server.connect() as sock:
+            sent = 0
+            while not throttled():
+                assert sent < 200_000, "the server never stopped reading from a client that reads"
+                with server.paused():  # the chunk is all there when the server looks
+                    harness.send_all(sock, chunk)
+                sent += chunk.count(b"GET ")
+                harness.wait_until(lambda: server.asleep_in_epoll(timeout=0) and (
+                    harness.unread_bytes(server, sock) == 0 or throttled()), timeout=10,
+                    what="the server reading the chunk")
+            everything_read = harness.unread_bytes(server, sock) == 0
+            got = harness.recv_exactly(sock, sent * answer, timeout=10)
+        assert got.count(b"HTTP/1.1 200 OK\r\n") == sent
+        if everything_read:
+            return
+    raise AssertionError("the server never stopped reading with everything read, in 20 tries")
+
+
+def test_a_refused_client_gets_its_answer_whole_and_the_rest_is_dropped(server):
+    # After its last answer the server half-closes and reads what still comes, only to drop
+    # it: a close with unread bytes would send a reset, which can destroy the answer, and
+    # keeping those bytes would let a client grow the server's memory at will.
+    rss = server.rss_bytes()
+    with server.connect() as sock:
+        harness.send_all(sock, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
+        harness.send_all(sock, bytes(32 << 20), timeout=20)  # read and dropped
+        grown = server.rss_bytes() - rss
+        sock.shutdown(socket.SHUT_WR)
+        reply = harness.recv_until_eof(sock, timeout=10)
+    assert reply.startswith(b"HTTP/1.1 413 ") and reply.endswith(b"the body is over the limit\n")
+    assert grown < 8 << 20, f"the server grew by {grown} bytes while dropping 32 MiB"
+
+
+def test_a_slow_reader_that_makes_progress_is_not_timed_out(start):
+    # One answer far larger than the kernel takes, read at a steady pace: the server holds
+    # its unsent rest for longer than --idle-timeout, but every send that makes progress
+    # restarts the clock. (The kernel reports EPOLLOUT only once a good part of its send
+    # buffer is free again, about a MiB here: the pace makes that a tenth of a second.)
+    timeout = 1.0
+    server = start(LESSON, "--idle-timeout", str(timeout), "--max-body-bytes", str(32 << 20))
+    body = bytes(harness.kernel_takes() + (16 << 20))
+    with server.connect() as sock:
+        harness.send_all(sock, post_echo(body), timeout=20)
+        got = bytearray()
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5 * timeout:  # 1 MiB each 0.1 s: 10 MB/s
+            got += harness.recv_exactly(sock, 1 << 20, timeout=5)
+            time.sleep(0.1)  # the client's pace, not a wait for the server
+        status, _, echoed = harness.recv_http_response(sock, got, timeout=20)
+    assert status == 200 and echoed == body
+
+
+def test_expect_100_continue_gets_the_go_ahead_first(server):
+    head = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n")
+    with server.connect() as sock:
+        harness.send_all(sock, head)
+        go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert harness.recv_exactly(sock, len(go_ahead), timeout=5) == go_ahead
+        harness.send_all(sock, b"hello")
+        status, _, body = harness.recv_http_response(sock)
+        assert (status, body) == (200, b"hello")
+        harness.send_all(sock, head + b"again")  # the body came with the head: no go-ahead
+        status, _, body = harness.recv_http_response(sock)
+        assert (status, body) == (200, b"again")
+
+
+def test_each_request_restarts_the_idle_clock(start):
+    # Four requests 0.4 s apart on one connection, with --idle-timeout 1: the last comes
+    # 1.2 s after the connection opened, but only 0.4 s after the one before.
+    server = start(LESSON, "--idle-timeout", "1")
+    with server.connect() as sock:
+        for i in range(4):
+            if i:
+                assert harness.recv_until_quiet(sock, quiet=0.4) == b""  # open and silent
+            harness.send_all(sock, get())
+            assert read_responses(sock, 1)[0][2] == HELLO, f"request {i + 1} of 4"
+
+
+def test_forms_of_a_request_the_parser_accepts(server):
+    with server.connect() as sock:
+        harness.send_all(sock, b"\r\n\r\n" + get())  # empty lines before a request (RFC 9112 2.2)
+        harness.send_all(sock, get(path="http://example.com/?q=1"))  # absolute form
+        harness.send_all(sock, get(path="http://example.com"))  # absolute form, no path: /
+        harness.send_all(sock, post_echo(b"abc", "Content-Length: 3\r\n"))  # the same length twice
+        responses = read_responses(sock, 4)
+    assert [(status, body) for status, _, body in responses] == [
+        (200, HELLO), (200, HELLO), (200, HELLO), (200, b"abc")]
+
+
+def test_unknown_path_is_404_after_its_body(server):
+    # The body of a request to no route is read past, not taken for the next request.
+    hidden = get()
+    with server.connect() as sock:
+        harness.send_all(sock, b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                         % len(hidden) + hidden + get())
+        responses = read_responses(sock, 2)
+        assert [status for status, _, _ in responses] == [404, 200]
+        assert harness.recv_until_quiet(sock, quiet=0.2) == b""  # and no third answer
+
+
+def test_trace_has_a_line_per_answer_and_per_close(start):
+    # What the notebook counts: "METHOD TARGET -> STATUS" for each answer, "error -> ..."
+    # for a refusal, and "close: WHY" for each connection.
+    server = start(LESSON, "--trace")
+    with server.connect() as sock:
+        harness.send_all(sock, get(path="/?a") + get(path="/nowhere") + b"BAD\r\n\r\n")
+        harness.recv_until_eof(sock, timeout=5)
+    server.wait_for_line("close:", timeout=5)
+    lines = server.lines[1:]
+    assert lines == ["GET /?a -> 200", "GET /nowhere -> 404",
+                     "error -> 400 (the request line must be METHOD TARGET VERSION)",
+                     "close: client finished"], lines
+
+
+def test_a_negative_body_limit_is_a_user_mistake():
+    done = harness.run(LESSON, "--max-body-bytes", "-1")
+    assert done.returncode == 2 and "--max-body-bytes" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
