@@ -346,8 +346,12 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
         add, remove = ((self.add_reader, self.remove_reader) if event == READABLE
                        else (self.add_writer, self.remove_writer))
         future = self.create_future()
-        add(fd, _set_result_unless_done, future)
-        future.add_done_callback(lambda _: remove(fd))  # done or cancelled
+
+        def ready():  # stop watching at once: level-triggered, epoll would report it again
+            remove(fd)
+            _set_result_unless_done(future)
+        add(fd, ready)
+        future.add_done_callback(lambda _: remove(fd))  # cancelled: stop watching too
         return future
 
     async def _retry(self, sock, event, call, *args):
