@@ -17,19 +17,15 @@ Lesson 04 says the rest:
 The classic tutorial responder reads until a blank line, writes one canned answer and shuts
 the socket. Real clients do more, and an event loop has to follow them:
 
-- a request may arrive in pieces (one byte per recv, at worst) or many at once (pipelining):
-  parse from a buffer, answer in order;
+- a request arrives in pieces, or many at once (pipelining): parse from a buffer, in order;
 - HTTP/1.1 keeps the connection open (keep-alive); `Connection: close` and HTTP/1.0 end it;
 - bad input gets a clear status (400, 405, 413, 431, 501, 505), then a graceful close;
-- idle and half-sent connections end after --idle-timeout seconds: epoll_wait's timeout is
-  taken from the nearest deadline (the timers of this event loop);
+- idle and half-sent connections end after --idle-timeout seconds (timers in the loop);
 - memory per connection is bounded: the head, the body, and the output (HIGH_WATER).
 
-Routes: GET and HEAD of / answer "Hello, world!"; POST /echo answers with the request body.
-The loop is level-triggered, and the write path is lesson 01's: send now, keep the rest,
-EPOLLOUT while it waits. The server comes first in this file, parsing HTTP after it.
---trace prints one line per answered request; --no-keep-alive makes it the classic design
-(one request per connection), so that the notebook can show what that costs.
+GET and HEAD of / answer "Hello, world!"; POST /echo answers with the request body. The loop
+is level-triggered, with lesson 01's write path; the server comes first, HTTP parsing after.
+--trace prints a line per answer; --no-keep-alive answers one request per connection.
 """
 
 import argparse
@@ -243,10 +239,8 @@ class HttpServer:
         conn.outbox += build_response(status, headers, body, self.date,
                                       head_only=request.method == b"HEAD")
         self.reset_deadline(conn)  # a complete request: the idle clock starts over
-        if self.options.trace:
-            # Both were checked to be visible ASCII by the parser; errors= keeps it so.
-            method = request.method.decode("ascii", errors="replace")
-            target = request.target.decode("ascii", errors="replace")
+        if self.options.trace:  # both checked to be visible ASCII; "replace" keeps it so
+            method, target = (part.decode("ascii", "replace") for part in request[:2])
             self.log(f"{method} {target} -> {status}")
         if not keep_alive:
             conn.closing = True
@@ -281,10 +275,9 @@ class HttpServer:
     def finish(self, conn):
         """Everything owed is delivered: end the connection without losing the last answer.
 
-        close() with unread bytes in the receive buffer makes the kernel send a reset
-        (RFC 1122 4.2.2.13), and a reset can destroy our last response before the client has
-        read it. So: half-close (the client sees EOF after our answer), keep reading and
-        dropping until the client's EOF, and let the idle timeout bound the wait.
+        close() with unread bytes in the receive buffer sends a reset (RFC 1122 4.2.2.13),
+        which can destroy our last answer before the client reads it. So: half-close (the
+        client sees EOF after the answer), read and drop until its EOF, within the timeout.
         """
         if conn.peer_done:
             self.close(conn, "client finished")
@@ -521,8 +514,7 @@ def parse_args():
     parser.add_argument("--port", type=int, default=9004, help="0 takes any free port")
     parser.add_argument("--trace", action="store_true", help="print a line per answered request")
     parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="S",
-                        help=f"close a connection that has no complete request for S "
-                             f"seconds (default {IDLE_TIMEOUT:g})")
+                        help=f"close a connection idle for S seconds (default {IDLE_TIMEOUT:g})")
     parser.add_argument("--max-header-bytes", type=int, default=MAX_HEADER_BYTES,
                         metavar="N", help=f"largest request head (default {MAX_HEADER_BYTES})")
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N",
