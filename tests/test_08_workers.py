@@ -7,6 +7,8 @@ import importlib.util
 import os
 import select
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -222,6 +224,32 @@ def test_no_worker_outlives_a_parent_killed_with_sigkill(start):
         assert gone_within(pids.values(), 2.0), [harness.process_state(p) for p in pids.values()]
     finally:
         for pid in pids.values():  # never leave one behind, even when the test fails
+            if not harness.gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_no_process_outlives_a_killed_notebook_kernel():
+    # A process that started the server through the harness, as a notebook's kernel does,
+    # is killed with SIGKILL: the server (the harness's parent-death signal) and then its
+    # workers (their own) must all go.
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import harness; "
+            "server = harness.start('08_workers.py', '--processes', '2'); "
+            "pids = [server.pid, *harness.worker_pids(server, 2).values()]; "
+            "print(*pids, flush=True); time.sleep(60)")
+    kernel = subprocess.Popen([sys.executable, "-c", code, str(harness.ROOT / "notebooks")],
+                              stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    pids = []
+    try:
+        pids = [int(pid) for pid in kernel.stdout.readline().split()]
+        assert len(pids) == 3, "the stand-in kernel did not start the server"
+        kernel.kill()
+        kernel.wait(timeout=5)
+        assert gone_within(pids, 2.0), [harness.process_state(p) for p in pids]
+    finally:
+        kernel.kill()
+        kernel.wait(timeout=5)
+        kernel.stdout.close()
+        for pid in pids:
             if not harness.gone(pid):
                 os.kill(pid, signal.SIGKILL)
 
