@@ -50,7 +50,7 @@ PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 END_OF_HEAD = b"\r\n\r\n"
 MAX_HEAD = 8 * 1024  # request line plus headers; more is answered with 431
 HELLO = b"Hello, world!"
-CACHE_SIZE = 1024  # --step prebuilt: distinct request heads remembered (per second)
+CACHE_SIZE = 1024  # --step prebuilt: distinct requests remembered (per second)
 # RFC 9110 5.6.2: a method and a header name are "tokens" of these characters; deleting
 # them with bytes.translate leaves nothing exactly when the name is valid.
 TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -130,8 +130,10 @@ def build_response(status, head_only, keep_alive, http10=False):
         % len(body), connection, b"\r\n", b"" if head_only else body))
 
 
-def answer_head(head):
-    """(response bytes, keep_alive) for one request head: parsed, built, every time."""
+def answer_head(request):
+    """(response bytes, keep_alive) for one request (its head and the empty line after it):
+    parsed, built, every time."""
+    head = request[:-len(END_OF_HEAD)]
     try:
         status, head_only, keep_alive = parse_head(head)
     except HttpError as e:
@@ -319,9 +321,9 @@ class Server:
                     conn.outbox += build_response(431, False, False)
                     conn.closing = True
                 break
-            head = bytes(inbox[start:end])
+            request = bytes(inbox[start:end + len(END_OF_HEAD)])  # the head, its empty line
             start = end + len(END_OF_HEAD)
-            response, keep_alive = self.respond(head)
+            response, keep_alive = self.respond(request)
             conn.outbox += response
             conn.closing = not keep_alive
             answered += 1
@@ -331,18 +333,18 @@ class Server:
         del inbox[:len(inbox) if conn.closing else start]
         return answered
 
-    def respond(self, head):
+    def respond(self, request):
         if not self.prebuilt:
-            return answer_head(head)
-        # --- prebuilt: the same request head gets the same bytes back, all through this
-        # second (the Date header names the second). A dict lookup instead of a parse.
+            return answer_head(request)
+        # --- prebuilt: the same request gets the same bytes back, all through this second
+        # (the Date header names the second). A dict lookup instead of a parse.
         second = int(time.time())
         if second != self.cache_second or len(self.cache) >= CACHE_SIZE:
             self.cache.clear()
             self.cache_second = second
-        found = self.cache.get(head)
+        found = self.cache.get(request)
         if found is None:
-            found = self.cache[head] = answer_head(head)
+            found = self.cache[request] = answer_head(request)
         return found
 
     # -- writing --------------------------------------------------------------------------
@@ -478,17 +480,16 @@ class Server:
                     continue
                 if echo:
                     out = view[:n]
-                else:  # every request complete and seen before, or the general way
-                    heads = data.split(END_OF_HEAD)
-                    found = [cache_get(head) for head in heads[:-1]]
-                    if heads[-1] or not all(hit and hit[1] for hit in found):
+                else:  # one whole request seen before: its answer from memory
+                    found = cache_get(data)
+                    if found is None or not found[1]:  # anything else: the general way
                         conn.inbox += data
                         self.answer(conn)
                         self.flush(conn)
                         if not conn.closed:
                             update_interest(conn)
                         continue
-                    out = found[0][0] if len(found) == 1 else b"".join([hit[0] for hit in found])
+                    out = found[0]
                 try:
                     sent = conn.send(out)
                 except BlockingIOError:
