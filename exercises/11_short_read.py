@@ -195,7 +195,7 @@ class Server:
         self.flags = (EDGE | PEER_CLOSED) if self.edge else 0  # added to every client's mask
         self.buffer = bytearray(RECV_SIZE)  # --step recv-into: every read lands here
         self.view = memoryview(self.buffer)
-        self.cache = {}  # --step prebuilt: request head -> (response, keep_alive)
+        self.cache = {}  # --step prebuilt: request bytes -> (response, keep_alive)
         self.cache_second = 0
         self.conns = {}  # fd -> Connection
         epoll = select.epoll()
