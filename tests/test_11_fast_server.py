@@ -201,3 +201,26 @@ def test_a_worker_that_dies_stops_the_rest(start):
     harness.wait_until(lambda: harness.gone(second), timeout=5, what="the other worker gone")
     assert server.stderr.count("\n") == 0 and "exited" in server.stderr, server.stderr
     assert "Traceback" not in server.stderr
+
+
+# -- the profile, and the flags' mistakes -------------------------------------------------------
+
+def test_profile_is_written_on_exit_and_holds_the_calls(start, tmp_path):
+    import pstats
+
+    profile = tmp_path / "loop.prof"
+    server = start(LESSON, "--profile", str(profile))
+    payloads = [os.urandom(100) for _ in range(10)]
+    assert harness.exchange(server.address, payloads) == payloads
+    assert server.stop() == 0
+    names = {name for (_, _, name) in pstats.Stats(str(profile)).stats}
+    assert "<method 'send' of '_socket.socket' objects>" in names
+    assert "<method 'recv_into' of '_socket.socket' objects>" in names
+
+
+@pytest.mark.parametrize("args", [["--processes", "0"], ["--processes", "2", "--profile", "x"],
+                                  ["--step", "fastest"], ["--trigger", "both"]])
+def test_a_wrong_flag_of_this_lesson_is_one_line(args):
+    result = harness.run(LESSON, *args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
