@@ -185,20 +185,33 @@ def test_workers_share_the_clients_and_stop_with_the_parent(start):
     assert all(harness.gone(pid) for pid in workers)
 
 
+def kill_leftovers(pids):
+    """A failing test leaves nothing running either."""
+    for pid in pids:
+        if not harness.gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_no_worker_outlives_a_killed_parent(start):
     server = start(LESSON, "--processes", "2")
     workers = workers_of(server)
-    os.kill(server.pid, signal.SIGKILL)
-    harness.wait_until(lambda: all(harness.gone(pid) for pid in workers), timeout=5,
-                       what="every worker gone after its parent was killed")
+    try:
+        os.kill(server.pid, signal.SIGKILL)
+        harness.wait_until(lambda: all(harness.gone(pid) for pid in workers), timeout=5,
+                           what="every worker gone after its parent was killed")
+    finally:
+        kill_leftovers(workers)
 
 
 def test_a_worker_that_dies_stops_the_rest(start):
     server = start(LESSON, "--processes", "2")
     first, second = workers_of(server)
-    os.kill(first, signal.SIGKILL)
-    assert server.proc.wait(timeout=5) == 1
-    harness.wait_until(lambda: harness.gone(second), timeout=5, what="the other worker gone")
+    try:
+        os.kill(first, signal.SIGKILL)
+        assert server.proc.wait(timeout=5) == 1
+        harness.wait_until(lambda: harness.gone(second), timeout=5, what="the other worker gone")
+    finally:
+        kill_leftovers([second])
     assert server.stderr.count("\n") == 0 and "exited" in server.stderr, server.stderr
     assert "Traceback" not in server.stderr
 
