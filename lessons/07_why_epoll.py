@@ -14,7 +14,7 @@ back-end: how the server says what it wants to hear about (the registration), an
 waits (the wait). Read the three classes side by side; they are the whole difference.
 
 - select(2) and poll(2) have no memory. Every call hands the kernel the whole list of
-  descriptors, the kernel checks every one of them (asleep or not), and the caller searches
+  descriptors, the kernel checks every one of them (ready or not), and the caller searches
   the answer. One busy client among ten thousand idle ones costs ten thousand checks per
   call. select also stops at descriptor number 1024 (FD_SETSIZE, the size of its bit sets).
 - epoll keeps the interest list in the kernel (epoll_ctl, once per change) and a ready list
