@@ -110,9 +110,10 @@ def test_a_spin_mistake_spins_after_a_client_leaves_and_sigterm_ends_it(start, m
     server = start(LESSON, "--mistake", mistake)
     socket.create_connection(server.address, timeout=5).close()
     samples = harness.activity(server, 0.5)  # a measuring window
-    # Never asleep, and busy: on a loaded machine a spin gets less than a whole CPU, but it
-    # waits only for a CPU, never in epoll_wait.
-    assert {state for _, _, state in samples} == {"R"} and samples[-1][1] >= 0.03, samples
+    # Never asleep, and busy: on a loaded machine a spin gets less than a whole CPU (with
+    # other tests running beside it, a tick or two in the window), but it waits only for a
+    # CPU, never in epoll_wait.
+    assert {state for _, _, state in samples} == {"R"} and samples[-1][1] > 0, samples
     with server.connect() as sock:
         harness.send_all(sock, GET)
         assert bool(harness.recv_until_quiet(sock)) == answers_others
