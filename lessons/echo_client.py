@@ -81,8 +81,9 @@ def connect(host, port, timeout):
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             fail(f"out of file descriptors: this process may open {soft} (see `ulimit -n`); "
                  "use fewer --clients")
+        udp = " for lesson 05, which speaks UDP, add --udp" if e.errno == errno.ECONNREFUSED else ""
         fail(f"cannot connect to {host}:{port}: {e.strerror or e} "
-             "(is the lesson server running, on that port?)")
+             f"(is the lesson server running, on that port?{udp})")
 
 
 def type_lines(host, port, timeout):

@@ -25,7 +25,7 @@ def check(script):
         except harness.Stalled as e:
             raise AssertionError(
                 "a third client with --max-conns 2 was neither refused nor closed within 2 s "
-                f"(it received {e.received!r})") from None
+                f"(it received {repr(e.received) if e.received else 'nothing'})") from None
         assert answer == REFUSAL, f"the refused client should receive {REFUSAL!r}, got {answer!r}"
         harness.send_all(first, b"still there?")
         assert harness.recv_exactly(first, 12) == b"still there?", \
