@@ -34,8 +34,10 @@ kernel's queue and the listener stays ready. Level-triggered, the loop is woken 
 once, forever: a spin. With --edge, nothing new arrives for the clients already queued: a
 stall. The default pauses accept instead, and resumes when a close frees a descriptor.
 
---trace prints one line per wake-up of the loop, accept and close. See select(2), poll(2)
-and epoll(7) for the contracts.
+--trace prints one line per wake-up of the loop, accept and close. SIGUSR1 (`kill -USR1
+PID`) makes the server print how many times its loop has called the wait, accept, recv and
+send so far, each one system call (`strace -c -p PID` shows the same from the kernel's side).
+See select(2), poll(2) and epoll(7) for the contracts.
 """
 
 import argparse
@@ -225,6 +227,7 @@ class EchoServer:
         self.trace = trace
         self.naive_accept = naive_accept
         self.conns = {}  # fd -> Connection
+        self.calls = dict.fromkeys(("wait", "accept", "recv", "send"), 0)  # for SIGUSR1
         self.backend.add(listener.fileno(), READABLE)
         self.listener_interest = READABLE
         self.accept_paused = False  # out of fds: the listener is not watched (pause_accept)
@@ -249,6 +252,7 @@ class EchoServer:
         # and under levels one accept per report would be correct but slow, every client
         # costing a whole wait, which with select or poll walks every descriptor watched.
         while True:
+            self.calls["accept"] += 1
             try:
                 sock, _ = self.listener.accept()
             except BlockingIOError:  # queue empty
@@ -291,6 +295,7 @@ class EchoServer:
         # Levels: one recv per report, however much is waiting; the rest is reported again.
         # Edges: recv until EAGAIN, or what is left waits for the next arrival (lesson 02).
         while True:
+            self.calls["recv"] += 1
             try:
                 data = conn.sock.recv(RECV_SIZE)
             except BlockingIOError:  # drained; the next arrival is reported
@@ -315,6 +320,7 @@ class EchoServer:
     def on_writable(self, conn):
         # Send until the outbox is empty or the kernel says EAGAIN.
         while conn.outbox:
+            self.calls["send"] += 1
             try:
                 sent = conn.sock.send(conn.outbox)
             except BlockingIOError:  # buffer full: WRITABLE is reported when space is freed
@@ -360,6 +366,7 @@ class EchoServer:
     def serve(self):
         listen_fd, wake_fd = self.listener.fileno(), self.wake_r.fileno()
         while self.running:
+            self.calls["wait"] += 1
             events = self.backend.wait(self.wait_timeout())  # the one line that differs
             if self.trace:
                 self.log("wake " + " ".join(f"{fd}={mask_name(ev)}" for fd, ev in events))
@@ -367,11 +374,26 @@ class EchoServer:
                 if fd == listen_fd:
                     self.on_accept()
                 elif fd == wake_fd:
-                    self.running = False
+                    self.on_signal()
                 else:
                     self.dispatch(fd, ev)
             if self.accept_paused and time.monotonic() >= self.retry_accept_at:
                 self.resume_accept()  # no connection closed meanwhile: try anyway
+
+    def on_signal(self):
+        # Python wrote the number of each signal caught into the self-pipe: SIGUSR1 asks for
+        # the counts, any other (SIGINT, SIGTERM) for the end. Read them all (--edge).
+        while True:
+            try:
+                caught = self.wake_r.recv(64)
+            except BlockingIOError:
+                return
+            for signum in caught:
+                if signum == signal.SIGUSR1:
+                    print("calls: " + ", ".join(f"{count} {name}"
+                                                for name, count in self.calls.items()), flush=True)
+                else:
+                    self.running = False
 
     def dispatch(self, fd, ev):
         conn = self.conns.get(fd)
@@ -465,7 +487,7 @@ def main():
     backend = BACKENDS[args.backend](edge=args.edge)
     server = EchoServer(listener, backend, edge=args.edge, trace=args.trace,
                         naive_accept=args.naive_accept)
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, lambda *_: None)  # the wake-up fd does the work
     host, port = listener.getsockname()[:2]
     print(f"listening on {host}:{port}", flush=True)
