@@ -235,6 +235,7 @@ def test_a_paused_server_sees_the_clients_arrive_in_one_edge(start, background, 
         time.sleep(harness.QUIET)
         proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=BOUND)
+    server.stop()  # its trace is all read once it has exited (on a busy machine, not before)
     assert len(harness.accepted_fds(server.lines)) == served
     if skip:
         assert out.decode().strip() == ("interrupted: 1 of 5 clients got all 64 bytes back "
