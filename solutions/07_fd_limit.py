@@ -62,13 +62,6 @@ import signal
 import socket
 import sys
 import time
-# poll(2)'s own bits, for the poll back-end only. On Linux they have the same values as the
-# EPOLL ones, which is exactly why each back-end uses its own names: a mask written for one
-# call and read by another works by accident until it does not.
-try:
-    from select import POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT
-except ImportError:  # no poll(2) on this system (nor epoll): main() says so in one line
-    POLLERR = POLLHUP = POLLIN = POLLNVAL = POLLOUT = 0
 
 # The loop's own words for readiness. Each back-end translates them to its kernel's bits and
 # back, so nothing above the back-ends knows which one runs.
@@ -130,7 +123,11 @@ class SelectBackend:
 
 
 class PollBackend:
-    """poll(2): no bit sets and no 1024 wall, but still the whole list on every call."""
+    """poll(2): no bit sets and no 1024 wall, but still the whole list on every call.
+
+    It uses poll(2)'s own bits, select.POLLIN and the rest, here and nowhere else. On Linux
+    they have the same values as the EPOLL ones, which is exactly why each back-end keeps
+    its own names: a mask written for one call and read by another works by accident."""
 
     name = "poll"
 
@@ -148,16 +145,17 @@ class PollBackend:
 
     @staticmethod
     def bits(mask):
-        return (POLLIN if mask & READABLE else 0) | (POLLOUT if mask & WRITABLE else 0)
+        return ((select.POLLIN if mask & READABLE else 0)
+                | (select.POLLOUT if mask & WRITABLE else 0))
 
     def wait(self, timeout):
         ready = self.poller.poll(None if timeout is None else timeout * 1000)  # milliseconds
         # POLLHUP and POLLERR come unasked and are no verdict: the next recv or send says
         # what happened, so they mean "try both directions". POLLNVAL (not an open fd)
         # is a bug of ours; the recv that follows fails and closes that connection.
-        trouble = POLLHUP | POLLERR | POLLNVAL
-        return [(fd, (READABLE if ev & (POLLIN | trouble) else 0)
-                 | (WRITABLE if ev & (POLLOUT | trouble) else 0)) for fd, ev in ready]
+        trouble = select.POLLHUP | select.POLLERR | select.POLLNVAL
+        return [(fd, (READABLE if ev & (select.POLLIN | trouble) else 0)
+                 | (WRITABLE if ev & (select.POLLOUT | trouble) else 0)) for fd, ev in ready]
 
     def close(self):
         self.poller = None
