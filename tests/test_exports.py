@@ -170,6 +170,65 @@ def test_deck(site, browser, lesson, tmp_path):
     check_page(browser, url, pictures(lesson, slides=True))
 
 
+# Every slide of a deck, with all its fragments shown, as the back row of a room sees it:
+# computed sizes in CSS pixels of the 1280x720 canvas that reveal.js scales to the screen.
+EVERY_SLIDE = """(() => {
+  Reveal.configure({transition: 'none', fragments: false});
+  const slides = [];
+  for (const s of Reveal.getSlides()) {
+    const i = Reveal.getIndices(s);
+    Reveal.slide(i.h, i.v);
+    const sizes = selector => [...s.querySelectorAll(selector)]
+      .filter(e => e.textContent.trim() && !e.closest('aside.notes'))
+      .map(e => parseFloat(getComputedStyle(e).fontSize));
+    const notes = s.querySelector('aside.notes');
+    slides.push({
+      where: `slide ${i.h + 1}.${(i.v || 0) + 1}`,
+      opens_section: !i.v,
+      heading: !!s.querySelector('h1, h2, h3'),
+      overflow: s.scrollHeight - s.clientHeight,
+      text: Math.min(99, ...sizes('.jp-RenderedHTMLCommon p, .jp-RenderedHTMLCommon li')),
+      code: Math.min(99, ...sizes('pre, pre code')),
+      pictures: [...s.querySelectorAll('img')].map(
+        img => img.getBoundingClientRect().width / s.getBoundingClientRect().width),
+      markers: s.textContent.includes('NBVAL'),
+      notes: notes ? notes.textContent.trim().length : 0,
+      notes_hidden: !notes || getComputedStyle(notes).display === 'none',
+    });
+  }
+  return slides;
+})()"""
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
+def test_deck_is_legible_from_the_back_row(site, browser, lesson):
+    """Text at least 28 px and code 22 px on a 1280x720 canvas, pictures the slide's width, no
+    slide that scrolls or lacks a heading, no nbval marker shown, and speaker notes on every
+    slide that opens a section, in the speaker view only."""
+    base, _ = site
+    visit(browser, f"{base}slides/{lesson.stem}.slides.html", base)
+    browser.evaluate("new Promise(done => Reveal.isReady() ? done(true) : Reveal.on('ready', () => done(true)))")
+    assert browser.evaluate("[Reveal.getConfig().width, Reveal.getConfig().height]") == [1280, 720]
+    slides = browser.evaluate(EVERY_SLIDE)
+    problems = []
+    for s in slides:
+        if s["overflow"] > 1:
+            problems.append(f"{s['where']} is {s['overflow']} px too tall and would scroll")
+        if not s["heading"]:
+            problems.append(f"{s['where']} has no heading")
+        if s["text"] < 28 or s["code"] < 22:
+            problems.append(f"{s['where']}: text {s['text']} px, code {s['code']} px")
+        if any(width < 0.8 for width in s["pictures"]):
+            problems.append(f"{s['where']}: a picture narrower than the slide {s['pictures']}")
+        if s["markers"]:
+            problems.append(f"{s['where']} shows an NBVAL marker")
+        if s["opens_section"] and not s["notes"]:
+            problems.append(f"{s['where']} opens a section without speaker notes")
+        if not s["notes_hidden"]:
+            problems.append(f"{s['where']}: its speaker notes show on the slide")
+    assert not problems, "\n".join(problems)
+
+
 def test_a_deck_as_a_person_sees_it(site, browser, tmp_path):
     """A screenshot of a picture slide: text and the plot are drawn, not a blank page."""
     base, _ = site
