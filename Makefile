@@ -11,7 +11,7 @@ help:
 	@echo "make lab    open JupyterLab on notebooks/ (prints the URL)"
 	@echo "make test   run every test and every notebook (nbval, strict)"
 	@echo "make check  which exercises pass, and a hint for the first that does not"
-	@echo "make bench  benchmarks: echo (lessons 01, 02, asyncio, uvloop), HTTP (lesson 04, uvicorn, ...), lesson 11's goals (uvloop, nginx)"
+	@echo "make bench  benchmarks: echo (lessons 01, 02, asyncio, uvloop), HTTP (lesson 04, uvicorn, ...), lesson 11's goals (uvloop, nginx), workers (lesson 08), loop layers (lesson 10)"
 	@echo "make slides every lesson as a reveal.js deck, in $(EXPORT_DIR)/slides (works offline)"
 	@echo "make html   every lesson as a static page with an index, in $(EXPORT_DIR)/html"
 	@echo "For contributors (see CONTRIBUTING.md):"
@@ -68,6 +68,8 @@ bench: $(BENCH)
 	$(VENV)/bench/bin/python tools/bench/echo_bench.py
 	$(VENV)/bench/bin/python tools/bench/http_bench.py
 	$(VENV)/bench/bin/python tools/bench/goals_bench.py
+	$(VENV)/bench/bin/python tools/bench/workers_bench.py
+	$(VENV)/bench/bin/python tools/bench/loop_bench.py
 
 # Slides and the static edition, from the committed notebooks (never re-executed); see
 # tools/export/build.py. EXPORT_DIR=somewhere puts them elsewhere.
