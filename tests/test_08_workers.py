@@ -218,6 +218,9 @@ def test_no_worker_outlives_a_parent_killed_with_sigkill(start):
     # worker stopped in a debugger would be: it could not act on any signal but SIGKILL.
     server = start(LESSON, "--processes", "3", "--reuseport")
     pids = harness.worker_pids(server, 3)
+    # "started" is said at fork; a worker asks for the parent-death signal a moment later,
+    # so stop it only once it serves (asleep in epoll_wait), as a debugger would find it.
+    assert harness.asleep_in_epoll(pids[2]), "worker 2 never went to sleep in epoll_wait"
     os.kill(pids[2], signal.SIGSTOP)
     server.proc.kill()
     try:
