@@ -94,14 +94,15 @@ class Server:
     """A lesson script running in a subprocess, its output captured line by line."""
 
     def __init__(self, script: str | os.PathLike, *args: str, host: str | None = "127.0.0.1",
-                 ready_timeout: float = READY_TIMEOUT):
+                 ready_timeout: float = READY_TIMEOUT, env: dict[str, str] | None = None):
         self.script = script_path(script)
         self.args = [str(a) for a in args]
         where = [] if host is None else ["--host", host]  # None: the script's own default
         cmd = [sys.executable, "-u", str(self.script), *where, "--port", "0", *self.args]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=str(ROOT), preexec_fn=_die_with_parent(os.getpid()))
+            cwd=str(ROOT), preexec_fn=_die_with_parent(os.getpid()),
+            env={**os.environ, **env} if env else None)  # env: variables added for the server
         _running.add(self)
         started.append(self)
         self.lines: list[str] = []  # stdout, one entry per line, without the newline

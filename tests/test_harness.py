@@ -228,3 +228,10 @@ def test_wakeups_and_every_thread_in_epoll_wait_follow_a_threaded_server():
         harness.wait_until(lambda: harness.every_thread_in_epoll_wait(server.pid))
         assert sleeps(server) > before
     assert not harness.every_thread_in_epoll_wait(server.pid)  # it has exited
+
+
+def test_a_server_can_be_given_environment_variables():
+    with harness.start("01_lt_echo.py", env={"WORKBOOK_TEST_VARIABLE": "42"}) as server:
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        assert b"WORKBOOK_TEST_VARIABLE=42" in environ
+        assert any(item.startswith(b"PATH=") for item in environ)  # added to, not replacing
