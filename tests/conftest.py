@@ -4,7 +4,6 @@ the one check that a lesson server still serves a newcomer."""
 import functools
 import os
 import re
-import shutil
 
 import pytest
 
@@ -31,12 +30,12 @@ def start():
 
 def require_tool(name):
     """The path of a command-line tool a test drives; skip without it, but never under CI."""
-    path = shutil.which(name)
-    if path is None:
+    try:
+        return harness.require_tool(name)  # its one sentence names the package (.ci/tools.txt)
+    except harness.ToolMissing as missing:
         if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed; .ci/run should have installed it")
-        pytest.skip(f"{name} is not installed (apt-get install {name})")
-    return path
+            pytest.fail(f"{missing} (.ci/run should have installed it)")
+        pytest.skip(str(missing))
 
 
 def still_serves(server):
