@@ -228,7 +228,7 @@ class HttpServer:
                                       head_only=request.method == b"HEAD")
         self.reset_deadline(conn)  # a complete request: the idle clock starts over
         if self.options.trace:  # both checked to be visible ASCII; "replace" keeps it so
-            method, target = (part.decode("ascii", "replace") for part in request[:2])
+            method, target = (part.decode("ascii", errors="replace") for part in request[:2])
             self.log(f"{method} {target} -> {status}")
         if not keep_alive:
             conn.closing = True
