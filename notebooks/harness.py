@@ -343,14 +343,19 @@ def gone(pid: int) -> bool:
     return process_state(pid) in ("Z", "X")
 
 
+# Where, in the kernel, a process asleep in epoll_wait waits: do_epoll_wait, or ep_poll on
+# older kernels. (A lesson that also waits in select or poll, whose sleeps are in
+# poll_schedule_timeout, adds that name for its own tests.)
+SLEEPING_IN = ("epoll", "ep_poll")
+
+
 def _sleeps_in_epoll(pid: int) -> bool:
-    # /proc/PID/wchan: the kernel function a sleeping process waits in (do_epoll_wait, or
-    # ep_poll on older kernels); "0" while it runs.
+    # /proc/PID/wchan: the kernel function a sleeping process waits in; "0" while it runs.
     try:
         where = Path(f"/proc/{pid}/wchan").read_text()
     except OSError:  # the process has exited
         return False
-    return "epoll" in where or "ep_poll" in where
+    return any(name in where for name in SLEEPING_IN)
 
 
 def asleep_in_epoll(pid: int, timeout: float = 5.0) -> bool:

@@ -8,7 +8,6 @@ import resource
 import select
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,16 +21,6 @@ LESSON = "07_why_epoll.py"
 BACKENDS = ["select", "poll", "epoll"]
 FD_SETSIZE = 1024
 MESSAGE = b"x" * 64
-
-
-def asleep_in_its_wait(pid):
-    """Like harness's epoll_wait check, for any of the three waits: select and poll sleep in
-    poll_schedule_timeout, epoll in do_epoll_wait (ep_poll on older kernels)."""
-    try:
-        where = Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        return False
-    return any(name in where for name in ("epoll", "ep_poll", "poll_schedule_timeout"))
 
 
 @pytest.fixture(autouse=True)
@@ -48,8 +37,8 @@ def room_for_clients():
 @pytest.fixture
 def any_wait(monkeypatch):
     """The harness (and the hostile clients through it) wait for a server to sleep in
-    epoll_wait; with this, sleeping in select or poll counts too."""
-    monkeypatch.setattr(harness, "_sleeps_in_epoll", asleep_in_its_wait)
+    epoll_wait; with this, sleeping in select or poll (poll_schedule_timeout) counts too."""
+    monkeypatch.setattr(harness, "SLEEPING_IN", harness.SLEEPING_IN + ("poll_schedule_timeout",))
 
 
 def send_each(socks):
