@@ -160,7 +160,9 @@ class EpollEventLoop(asyncio.AbstractEventLoop):
             timeout = -1  # nothing to do until an fd is ready: sleep as long as it takes
         events = self._epoll.poll(timeout)  # rounds up to whole ms: never wakes early
         if self.trace and events:
-            print("wake " + " ".join(f"{fd}={mask_name(ev)}" for fd, ev in events), flush=True)
+            wake_fd = self._ssock.fileno()  # the self-pipe: "signal" (or call_soon_threadsafe)
+            print("wake " + " ".join(f"{'signal' if fd == wake_fd else fd}={mask_name(ev)}"
+                                     for fd, ev in events), flush=True)
         for fd, ev in events:
             self._process_event(fd, ev)
         now = self.time()

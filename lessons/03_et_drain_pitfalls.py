@@ -314,7 +314,8 @@ class EchoServer:
             # collect what is new (timeout 0) and go on serving the list.
             events = self.epoll.poll(0 if self.ready else self.poll_timeout())
             if events:
-                self.log("wake " + " ".join(f"{fd}={mask_name(ev)}" for fd, ev in events))
+                self.log("wake " + " ".join(
+                    f"{'signal' if fd == wake_fd else fd}={mask_name(ev)}" for fd, ev in events))
             for fd, ev in events:
                 if fd == listen_fd:
                     self.on_accept()
