@@ -14,22 +14,19 @@ Lesson 04 says the rest:
     curl -v http://127.0.0.1:9004/
     curl --data-binary 'hi there' http://127.0.0.1:9004/echo
 
-The classic tutorial responder reads until a blank line, writes one canned answer and shuts
-the socket. Real clients do more, and an event loop has to follow them:
-
-- a request arrives in pieces, or many at once (pipelining): parse from a buffer, in order;
-- HTTP/1.1 keeps the connection open (keep-alive); `Connection: close` and HTTP/1.0 end it;
-- bad input gets a clear status (400, 405, 413, 431, 501, 505), then a graceful close;
-- idle and half-sent connections end after --idle-timeout seconds (timers in the loop);
-- memory per connection is bounded: the head, the body, and the output (HIGH_WATER).
-
-GET and HEAD of / answer "Hello, world!"; POST /echo answers with the request body. The loop
-is level-triggered, with lesson 01's write path; the server comes first, HTTP parsing after.
---trace prints a line per answer; --no-keep-alive answers one request per connection.
+The tutorials' responder reads until a blank line, writes a canned answer and closes. Real
+clients send requests in pieces or many at once (pipelining), keep the connection open for the
+next one (keep-alive), send bad input, or stop halfway. So this server parses from a buffer, in
+order; answers bad input with a clear status, then closes gracefully; ends idle and half-sent
+connections with timers in the loop; and bounds each connection's memory. GET and HEAD of /
+answer "Hello, world!", POST /echo the request's body. The loop is level-triggered, with
+lesson 01's write path; the server comes first, the HTTP parsing after. --trace prints a line
+per answer; --no-keep-alive closes after every answer.
 """
 
 import argparse
 import collections
+import contextlib
 import errno
 import re
 import select
@@ -97,10 +94,9 @@ class HttpServer:
         self.listener = listener
         self.options = options  # the flags: trace, idle_timeout, max_header_bytes, ...
         self.conns = {}  # fd -> Connection
-        # The timers. Every deadline is "now + idle_timeout", so deadlines expire in the
-        # order they were set: an OrderedDict kept in that order (move_to_end on reset) is
-        # a priority queue with O(1) operations, and its first entry is the nearest one.
-        # (With timeouts of different lengths you need a heap or a tree, as nginx has.)
+        # The timers. Every deadline is "now + idle_timeout", so deadlines expire in the order
+        # they were set: an OrderedDict kept in that order (move_to_end on reset) is a priority
+        # queue with O(1) operations. (Timeouts of many lengths need a heap, as nginx has.)
         self.deadlines = collections.OrderedDict()  # fd -> monotonic time to give up
         self.now = time.monotonic()
         self.date_second, self.date = None, b""  # the Date header, once per second (tick)
@@ -132,7 +128,7 @@ class HttpServer:
             return
         except OSError as e:
             if e.errno in OUT_OF_RESOURCES:
-                self.pause_accept(e)
+                self.pause_accept(True, e.strerror)
             else:  # the client gave up already (ECONNABORTED): the next one is reported
                 self.log(f"accept failed: {e.strerror}")
             return
@@ -145,22 +141,16 @@ class HttpServer:
         self.epoll.register(sock.fileno(), conn.interest)
         self.reset_deadline(conn)
 
-    def pause_accept(self, error):
+    def pause_accept(self, paused, why=""):
         # The trap: the client is still in the kernel's queue, so the listener stays readable,
         # and level-triggered epoll reports it on every pass while every accept fails: 100%
-        # of a CPU, nobody served. So stop watching it; close() resumes when it frees an fd,
-        # and RETRY_ACCEPT bounds the pause (other processes free ENFILE and ENOMEM).
-        self.log(f"accept paused: {error.strerror}")
-        self.accept_paused = True
-        self.retry_accept_at = self.now + RETRY_ACCEPT
-        self.epoll.modify(self.listener.fileno(), 0)
-
-    def resume_accept(self):
-        if self.accept_paused:
-            self.log("accept resumed")
-            self.accept_paused = False
-            # EPOLL_CTL_MOD checks readiness on the spot: clients queued meanwhile are reported.
-            self.epoll.modify(self.listener.fileno(), READABLE)
+        # of a CPU, nobody served. So stop watching it until close() frees an fd, or until
+        # RETRY_ACCEPT has passed (other processes free ENFILE and ENOMEM). Watching it again
+        # (EPOLL_CTL_MOD) checks readiness on the spot: clients queued meanwhile are reported.
+        if paused != self.accept_paused:
+            self.log(f"accept paused: {why}" if paused else "accept resumed")
+            self.accept_paused, self.retry_accept_at = paused, self.now + RETRY_ACCEPT
+            self.epoll.modify(self.listener.fileno(), 0 if paused else READABLE)
 
     def on_readable(self, conn):
         # One recv per event, however much is waiting: level-triggering reports the rest.
@@ -245,9 +235,9 @@ class HttpServer:
         conn.outbox += build_response(status, headers, body, self.date,
                                       head_only=request.method == b"HEAD")
         self.reset_deadline(conn)  # a complete request: the idle clock starts over
-        if self.options.trace:  # both checked to be visible ASCII; "replace" keeps it so
-            method, target = (part.decode("ascii", errors="replace") for part in request[:2])
-            self.log(f"{method} {target} -> {status}")
+        if self.options.trace:  # method and target are checked to be visible ASCII
+            line = b"%s %s -> %d" % (request.method, request.target, status)
+            self.log(line.decode("ascii", errors="replace"))
         if not keep_alive:
             conn.closing = True
 
@@ -279,12 +269,10 @@ class HttpServer:
             self.finish(conn)
 
     def finish(self, conn):
-        """Everything owed is delivered: end the connection without losing the last answer.
-
-        close() with unread bytes in the receive buffer sends a reset (RFC 1122 4.2.2.13),
-        which can destroy our last answer before the client reads it. So: half-close (the
-        client sees EOF after the answer), read and drop until its EOF, within the timeout.
-        """
+        """All owed is delivered: end the connection without losing the last answer. close()
+        with unread bytes in the receive buffer sends a reset (RFC 1122 4.2.2.13), which can
+        destroy that answer before the client reads it. So: half-close (the client sees EOF
+        after the answer), then read and drop until its EOF, within the timeout."""
         if conn.peer_done:
             self.close(conn, "client finished")
             return
@@ -304,7 +292,7 @@ class HttpServer:
         conn.closed = True
         self.epoll.unregister(fd)  # before close: afterwards the fd number means nothing
         conn.sock.close()
-        self.resume_accept()  # an fd is free again: a client still queued may have it
+        self.pause_accept(False)  # an fd is free again: a client still queued may have it
 
     def update_interest(self, conn):
         wanted = conn.wanted()
@@ -319,8 +307,7 @@ class HttpServer:
         self.now = time.monotonic()
         second = int(time.time())
         if second != self.date_second:  # the Date header changes once a second
-            self.date_second = second
-            self.date = formatdate(second, usegmt=True).encode()
+            self.date_second, self.date = second, formatdate(second, usegmt=True).encode()
 
     def reset_deadline(self, conn):
         fd = conn.sock.fileno()
@@ -342,17 +329,12 @@ class HttpServer:
             if deadline > self.now:
                 return
             conn = self.conns[fd]
-            if (conn.inbox or conn.request) and not conn.closing:
-                # A half-sent request: its time is up, so say why in one best-effort send
-                # and go, without waiting for EPOLLOUT or for the client's EOF.
+            half_sent = (conn.inbox or conn.request) and not conn.closing
+            if half_sent:  # say why in one best-effort send, without waiting for EPOLLOUT
                 self.refuse(conn, HttpError(408, "the request did not arrive in time"))
-                try:
+                with contextlib.suppress(OSError):
                     conn.sock.send(conn.outbox)
-                except OSError:
-                    pass
-                self.close(conn, "request timed out")
-            else:
-                self.close(conn, "idle timeout")
+            self.close(conn, "request timed out" if half_sent else "idle timeout")
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -371,7 +353,7 @@ class HttpServer:
                     self.dispatch(fd, ev)
             self.expire()
             if self.accept_paused and self.now >= self.retry_accept_at:
-                self.resume_accept()  # no connection closed meanwhile: try anyway
+                self.pause_accept(False)  # no connection closed meanwhile: try anyway
 
     def dispatch(self, fd, ev):
         conn = self.conns.get(fd)
@@ -388,10 +370,8 @@ class HttpServer:
         for conn in list(self.conns.values()):
             self.close(conn, "server stopping")
         signal.set_wakeup_fd(-1)
-        self.epoll.close()
-        self.listener.close()
-        self.wake_r.close()
-        self.wake_w.close()
+        for each in (self.epoll, self.listener, self.wake_r, self.wake_w):
+            each.close()
 
 
 # -- HTTP/1.1 from bytes and back (RFC 9112) ------------------------------------------------
@@ -401,10 +381,11 @@ class HttpServer:
 TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"  # a method or a header name (RFC 9110 5.6.2)
 # METHOD TARGET VERSION, one space apart; the target is visible ASCII only.
 REQUEST_LINE = re.compile(rb"(%s) ([!-~]+) (HTTP/[0-9]\.[0-9])" % TOKEN)
-HEADER_NAME = re.compile(TOKEN)
-# A header value may hold visible ASCII, space, tab and bytes >= 0x80 (RFC 9110 5.5), but no
-# control character: no NUL, no lone CR or LF, no DEL.
-CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# NAME: VALUE. No space before the colon and none at the start of the line (obsolete line
+# folding): RFC 9112 says reject both, because proxies disagree on what they mean (request
+# smuggling). The value may hold visible ASCII, space, tab and bytes >= 0x80 (RFC 9110 5.5),
+# but no control character: no NUL, no lone CR or LF, no DEL.
+HEADER = re.compile(rb"(%s):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*" % TOKEN)
 REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
            408: b"Request Timeout", 413: b"Content Too Large",
            431: b"Request Header Fields Too Large", 501: b"Not Implemented",
@@ -428,10 +409,10 @@ def take_head(inbox, pos, limit):
     while inbox.startswith(b"\r\n", pos):  # RFC 9112 2.2: skip empty lines before a request
         pos += 2
     end = inbox.find(b"\r\n\r\n", pos)
-    # RFC 9112 2.2 lets a recipient take a lone LF as the end of a line, so a head may also
-    # end at LF LF, or at LF CR LF. We refuse bare LF, as we refuse obsolete line folding:
-    # where a proxy and the server behind it disagree on where a head ends, one request to
-    # the proxy can be two to the server (request smuggling). But we refuse it at once.
+    # RFC 9112 2.2 lets a recipient take a lone LF as the end of a line, so a head could also
+    # end at LF LF or LF CR LF. We refuse bare LF, as we refuse line folding (where a proxy and
+    # the server behind it disagree on where a head ends, one request can become two), and at
+    # once: a head that ends that way would otherwise wait for CRLF CRLF until the timeout.
     stop = len(inbox) if end < 0 else end + 2  # an LF just before the CRLF CRLF counts too
     if inbox.find(b"\n\n", pos, stop) >= 0 or inbox.find(b"\n\r\n", pos, stop) >= 0:
         raise HttpError(400, "lines must end with CRLF")
@@ -451,43 +432,28 @@ def parse_head(head):
     method, target, version = match.groups()
     if version not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
-    # HTTP/1.1 is persistent unless someone says close; HTTP/1.0 unless the client asks.
-    keep_alive = version == b"HTTP/1.1"
-    length = None
-    hosts = 0
-    expect_continue = False
+    fields = collections.defaultdict(list)  # lower-case name -> its values, in order
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        # No space before the colon, none at the start (obsolete line folding): RFC 9112
-        # says reject both, because proxies disagree on what they mean (request smuggling).
-        if not colon or not HEADER_NAME.fullmatch(name):
-            raise HttpError(400, "a header line is not NAME: VALUE")
-        value = value.strip(b" \t")
-        if CONTROL.search(value):
-            raise HttpError(400, "a header value has control characters")
-        name = name.lower()
-        if name == b"host":
-            hosts += 1
-        elif name == b"connection":
-            options = [option.strip() for option in value.lower().split(b",")]
-            if b"close" in options:
-                keep_alive = False
-            elif b"keep-alive" in options:
-                keep_alive = True
-        elif name == b"content-length":
-            # Digits only, at most 18 of them: no sign, no list, no int() surprises. Two
-            # different lengths would let two parsers see two different requests.
-            if not value.isdigit() or len(value) > 18:
-                raise HttpError(400, "Content-Length must be a number")
-            if length is not None and int(value) != length:
-                raise HttpError(400, "two different Content-Length headers")
-            length = int(value)
-        elif name == b"transfer-encoding":
-            raise HttpError(501, "Transfer-Encoding is not implemented; send Content-Length")
-        elif name == b"expect" and value.lower() == b"100-continue":
-            expect_continue = True
-    if version == b"HTTP/1.1" and hosts != 1:
+        header = HEADER.fullmatch(line)
+        if not header:
+            raise HttpError(400, "a header line is not NAME: VALUE of visible characters")
+        fields[header[1].lower()].append(header[2])
+    if version == b"HTTP/1.1" and len(fields[b"host"]) != 1:
         raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
+    if fields[b"transfer-encoding"]:
+        raise HttpError(501, "Transfer-Encoding is not implemented; send Content-Length")
+    # Digits only, at most 18 of them: no sign, no list, no int() surprises. Two different
+    # lengths would let two parsers see two different requests.
+    lengths = fields[b"content-length"]
+    if not all(value.isdigit() and len(value) <= 18 for value in lengths):
+        raise HttpError(400, "Content-Length must be a number")
+    if len({int(value) for value in lengths}) > 1:
+        raise HttpError(400, "two different Content-Length headers")
+    # HTTP/1.1 is persistent unless someone says close; HTTP/1.0 only if the client asks.
+    options = {option.strip() for value in fields[b"connection"]
+               for option in value.lower().split(b",")}
+    keep_alive = b"close" not in options and (version == b"HTTP/1.1" or b"keep-alive" in options)
+    expect_continue = any(value.lower() == b"100-continue" for value in fields[b"expect"])
     path = target
     if target.startswith((b"http://", b"https://")):  # absolute form, as sent to proxies
         slash = target.find(b"/", target.find(b"//") + 2)
@@ -495,7 +461,8 @@ def parse_head(head):
     path = path.partition(b"?")[0]
     if not path.startswith(b"/"):
         raise HttpError(400, "the target must start with /")
-    return Request(method, target, version, path, keep_alive, length or 0, expect_continue)
+    length = int(lengths[0]) if lengths else 0
+    return Request(method, target, version, path, keep_alive, length, expect_continue)
 
 
 def build_response(status, headers, body, date, head_only=False):
