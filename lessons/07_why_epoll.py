@@ -34,9 +34,10 @@ kernel's queue and the listener stays ready. Level-triggered, the loop is woken 
 once, forever: a spin. With --edge, nothing new arrives for the clients already queued: a
 stall. The default pauses accept instead, and resumes when a close frees a descriptor.
 
---trace prints one line per wake-up of the loop, accept and close. SIGUSR1 (`kill -USR1
-PID`) makes the server print how many times its loop has called the wait, accept, recv and
-send so far, each one system call (`strace -c -p PID` shows the same from the kernel's side).
+--trace prints one line per wake-up of the loop ("wake 6=IN signal=IN": sockets by fd
+number, the signal wake-up as `signal`), accept and close. SIGUSR1 (`kill -USR1 PID`) makes
+the server print how many times its loop has called the wait, accept, recv and send so
+far, each one system call (`strace -c -p PID` shows the same from the kernel's side).
 See select(2), poll(2) and epoll(7) for the contracts.
 """
 
@@ -367,7 +368,8 @@ class EchoServer:
             self.calls["wait"] += 1
             events = self.backend.wait(self.wait_timeout())  # the one line that differs
             if self.trace:
-                self.log("wake " + " ".join(f"{fd}={mask_name(ev)}" for fd, ev in events))
+                self.log("wake " + " ".join(  # the self-pipe is named: "signal"
+                    f"{'signal' if fd == wake_fd else fd}={mask_name(ev)}" for fd, ev in events))
             for fd, ev in events:
                 if fd == listen_fd:
                     self.on_accept()

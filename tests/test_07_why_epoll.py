@@ -106,6 +106,23 @@ def test_one_wait_one_recv_one_send_per_message(start, backend):
     assert made == {"wait": messages + 1, "accept": 0, "recv": messages, "send": messages}, made
 
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trace_names_the_signal_wakeup(start, backend):
+    # A stop by Ctrl-C wakes the loop through the self-pipe: the trace says "signal=IN",
+    # where a bare fd number would look like one more client; the sockets keep their numbers.
+    server = start(LESSON, "--backend", backend, "--trace")
+    with server.connect() as sock:
+        harness.send_all(sock, MESSAGE)
+        assert harness.recv_exactly(sock, len(MESSAGE)) == MESSAGE
+        client = harness.accepted_fds([server.wait_for_line("accept fd ")])[0]
+        assert server.stop(signal.SIGINT) == 0
+    wakes = harness.wakes(server.lines)
+    assert wakes[-1] == {"signal": {"IN"}}, server.lines
+    assert harness.reports_for(server.lines, client) >= 1, server.lines
+    numbered = {key for wake in wakes for key in wake if key != "signal"}
+    assert len(numbered) == 2 and str(client) in numbered, server.lines  # listener, client
+
 def test_edge_is_for_epoll_only():
     result = harness.run(LESSON, "--backend", "poll", "--edge")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
