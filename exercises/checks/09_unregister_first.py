@@ -1,5 +1,6 @@
 """Exercise 09: unregister before close (lesson 09, the interest list's fine print)."""
 
+import contextlib
 import os
 import signal
 
@@ -17,39 +18,68 @@ HINT = ("In close(), call self.epoll.unregister(fd) first and conn.sock.close() 
 SNAPSHOT = "3"  # seconds the snapshot child lives: longer than this check needs
 
 
+DYING = 1.0  # seconds a server that has crashed may take to print its traceback and exit
+
+
+def exits(server, timeout):
+    """Wait (bounded) until the server has exited; whether it has."""
+    with contextlib.suppress(harness.Stalled):
+        harness.wait_until(lambda: harness.gone(server.pid), timeout=timeout,
+                           what="a crashed server exiting")
+    return harness.gone(server.pid)
+
+
+@contextlib.contextmanager
+def crash_first(server, did):
+    """A failure inside the block is reported as the crash it is when the server died: one
+    message, its exception first (check.py adds the last lines the server printed), not a
+    symptom of the crash such as an echo that never came or a wait it never went back to."""
+    try:
+        yield
+    except (AssertionError, harness.Stalled, OSError):
+        # A client sees a dying server's sockets closed before the server has exited.
+        if exits(server, DYING):
+            raise AssertionError(f"{did}, and your server crashed: "
+                                 f"{hostile.crash_summary(server)}") from None
+        raise
+
+
 def check(script):
     with harness.start(script, "--snapshot-seconds", SNAPSHOT) as server:
-        leaving, staying = server.connect(), server.connect()
-        for sock in (leaving, staying):
-            harness.send_all(sock, b"hello")
-            assert harness.recv_exactly(sock, 5) == b"hello", "the echo must work"
-        server.send_signal(signal.SIGUSR1)
-        line = server.wait_for_line("snapshot: child started", timeout=5)
-        assert "2 client sockets" in line, f"the snapshot child should hold 2 clients: {line!r}"
+        with crash_first(server, "two clients sent a message, then a snapshot was asked for"):
+            leaving, staying = server.connect(), server.connect()
+            for sock in (leaving, staying):
+                harness.send_all(sock, b"hello")
+                assert harness.recv_exactly(sock, 5) == b"hello", "the echo must work"
+            server.send_signal(signal.SIGUSR1)
+            line = server.wait_for_line("snapshot: child started", timeout=5)
+            assert "2 client sockets" in line, f"the snapshot child should hold 2 clients: {line!r}"
 
-        before = server.open_fds()
-        leaving.close()  # the client leaves while the child holds a copy of its socket
-        harness.wait_until(lambda: not server.alive() or server.open_fds() < before,
-                           timeout=5, what="your server closing the socket of a client that left")
-        if not server.asleep_in_epoll(timeout=1.0):
-            if not server.alive():
-                raise AssertionError("a client left during a snapshot, and your server died")
-            used = server.cpu_seconds_over(0.3)
-            raise AssertionError(
-                "a client left during a snapshot, and your server never went back to sleep "
-                f"in epoll_wait (it used {used:.2f} s of CPU in 0.3 s): epoll kept reporting "
-                "the closed fd, whose entry lives on while the snapshot child holds a copy "
-                "of the socket")
+        with crash_first(server, "a client left during a snapshot"):
+            before = server.open_fds()
+            leaving.close()  # the client leaves while the child holds a copy of its socket
+            harness.wait_until(lambda: not server.alive() or server.open_fds() < before, timeout=5,
+                               what="your server closing the socket of a client that left")
+            if not server.asleep_in_epoll(timeout=1.0):
+                used = server.cpu_seconds_over(0.3)  # OSError once it has exited: a crash
+                if not used:  # asleep, but not in epoll_wait: a server that has crashed
+                    exits(server, float(SNAPSHOT) + DYING)  # may first wait for its child
+                raise AssertionError(  # unless it has crashed: crash_first says so instead
+                    "a client left during a snapshot, and your server never went back to sleep "
+                    f"in epoll_wait (it used {used:.2f} s of CPU in 0.3 s): epoll kept reporting "
+                    "the closed fd, whose entry lives on while the snapshot child holds a copy "
+                    "of the socket")
 
-        payload = os.urandom(4096)
-        assert harness.echo(server.address, payload) == payload, \
-            "a new client, during the snapshot, must be echoed"
-        harness.send_all(staying, b"still there?")
-        assert harness.recv_exactly(staying, 12) == b"still there?", \
-            "a client connected before the snapshot must still be served"
-        assert server.asleep_in_epoll(timeout=1.0), \
-            "after serving the new client your server did not go back to sleep in epoll_wait"
-        staying.close()
-        assert server.alive(), f"the server died:\n{server.output()}"
+        with crash_first(server, "a new client came during the snapshot"):
+            payload = os.urandom(4096)
+            assert harness.echo(server.address, payload) == payload, \
+                "a new client, during the snapshot, must be echoed"
+            harness.send_all(staying, b"still there?")
+            assert harness.recv_exactly(staying, 12) == b"still there?", \
+                "a client connected before the snapshot must still be served"
+            assert server.asleep_in_epoll(timeout=1.0), \
+                "after serving the new client your server did not go back to sleep in epoll_wait"
+            staying.close()
+            assert server.alive(), "your server exited"
     return ("a client left while a snapshot child held its socket: the server unregistered "
             "it, slept in epoll_wait and served newcomers")
