@@ -5,24 +5,26 @@ things people use instead, in alternating rounds, with each ratio and its spread
            uvloop: 64-byte messages, 50 connections, each waiting for its echo (a closed
            loop), both C load generators of echo_bench.py. Goal: 1.0x or more.
     HTTP   lesson 11 --protocol http against one nginx worker (`return 200` from a temporary
-           config on 127.0.0.1): wrk, keep-alive, 1 thread, 50 connections. Goal: 0.8x or more.
+           config on 127.0.0.1): keep-alive, 1 thread, 50 connections, by both HTTP load
+           generators of http_bench.py, wrk and h2load (http_load.py). Goal: 0.8x or more.
 
     .venv/bench/bin/python tools/bench/goals_bench.py [--rounds 5] [--seconds 2] [--no-pin]
 
 Each round measures both servers of a goal, one after the other, the order alternating from
 round to round; a ratio is taken within a round, so whatever else the machine does falls on
 both. The figure printed is the median of the rounds' ratios with the lowest and the highest.
-The echo ratio is also given per second of server CPU, steadier on a busy machine. Like the
-other benchmarks it asserts nothing: it prints what it measured and whether each goal was met.
-nginx is not installed by this (or by make): when it is missing, the HTTP goal is skipped and
-the way to get it printed.
+Each ratio is also given per second of server CPU, steadier on a busy machine, and for each
+generator apart, with how far the two generators' ratios lie from each other; each verdict
+takes the rounds of both. An HTTP run with a wrong answer is reported and not counted. Like
+the other benchmarks it asserts nothing: it prints what it measured and whether each goal was
+met. nginx and h2load are not installed by this (or by make): without nginx the HTTP goal is
+skipped, without h2load wrk measures it alone, and the way to get what is missing is printed.
 """
 
 import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -35,11 +37,12 @@ sys.path.insert(0, str(HERE))
 import echo_bench  # noqa: E402  (it puts notebooks/ on the path for harness)
 import harness  # noqa: E402
 import http_bench  # noqa: E402
+import http_load  # noqa: E402
 
 LESSON = ROOT / "lessons" / "11_fast_server.py"
 ECHO_GOAL = 1.0
 HTTP_GOAL = 0.8
-HTTP_WARM_UP = 1  # seconds of wrk against each server before the rounds (whole seconds)
+HTTP_WARM_UP = 1  # seconds of each HTTP generator against each server before the rounds
 
 
 def tree_cpu(pid):
@@ -111,23 +114,27 @@ def echo_goal(args):
 
 
 def http_goal(args):
-    wrk = shutil.which("wrk")
+    found, missing = http_load.find(http_load.NAMES)
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
-    missing = [(name, package) for name, path, package in
-               (("wrk", wrk, "wrk"), ("nginx", nginx, "nginx-light")) if path is None]
-    if missing:
-        print(f"\nHTTP goal not measured: {' and '.join(name for name, _ in missing)} not "
-              f"installed. On Debian or Ubuntu: sudo apt-get install "
-              f"{' '.join(package for _, package in missing)} (this script runs nginx from a "
+    if not found or nginx is None:
+        lacking = ([] if found else ["a load generator (wrk or h2load)"]) + \
+            ([] if nginx else ["nginx"])
+        packages = ([] if found else ["wrk"]) + ([] if nginx else ["nginx-light"])
+        print(f"\nHTTP goal not measured: {' and '.join(lacking)} not installed. On Debian or "
+              f"Ubuntu: sudo apt-get install {' '.join(packages)} (this script runs nginx from a "
               "temporary config on 127.0.0.1, as its own child: no service to set up)")
         return
+    for line in missing:  # the goal is measured by the other generator alone
+        print(f"\n(HTTP goal measured without {line.split()[0]}: {line})", end="")
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, client_cpu = (cpus[0], cpus[-1]) if len(cpus) >= 2 and not args.no_pin \
         else (None, None)
     seconds = max(1, round(args.seconds))  # wrk counts whole seconds
-    rps = {"lesson 11": [], "nginx": []}
-    per_cpu = {"lesson 11": [], "nginx": []}  # requests per second of server CPU
+    names = ("lesson 11", "nginx")
+    # {(server, generator): {round: (requests/s, requests per second of server CPU, the
+    # generator's share of its core)}}, only for runs in which every answer was right.
+    got = {(name, gen): {} for name in names for gen in found}
     with tempfile.TemporaryDirectory(prefix="goals-http-") as tmp:
         workdir = Path(tmp)
 
@@ -141,37 +148,77 @@ def http_goal(args):
                                  lambda port: [sys.executable, str(LESSON), "--protocol", "http",
                                                "--port", str(port)], workdir),
             http_bench.Contender("nginx", "C, 1 worker", nginx_command, workdir)]
+        print(f"\nHTTP: {' and '.join(found)}, keep-alive HTTP/1.1, 1 thread, "
+              f"{args.connections} connections, {seconds} s a run; "
+              + (f"servers on CPU {server_cpu}, load generators on CPU {client_cpu}"
+                 if server_cpu is not None else "not pinned"), flush=True)
         try:
             for contender in contenders:
                 contender.start(server_cpu)
-                http_bench.run_wrk(wrk, contender.port, HTTP_WARM_UP, args.connections,
-                                   client_cpu)
+                answer_bytes = http_load.probe(contender.port)
+                contender.answer_bytes = answer_bytes
+                for gen, path in found.items():  # warm-up, every answer checked
+                    run = http_load.measure(gen, path, contender.port, HTTP_WARM_UP,
+                                            args.connections, client_cpu, check=True,
+                                            answer_bytes=answer_bytes)
+                    if run.problems:
+                        raise http_load.BenchError(f"{contender.name} answered wrongly under "
+                                                   f"{gen}: {'; '.join(run.problems)}")
             for number in range(1, args.rounds + 1):
                 order = contenders if number % 2 else contenders[::-1]
+                gens = list(found) if number % 2 else list(found)[::-1]
                 for contender in order:
-                    cpu = tree_cpu(contender.proc.pid)
-                    result = http_bench.run_wrk(wrk, contender.port, seconds, args.connections,
-                                                client_cpu)
-                    cpu = tree_cpu(contender.proc.pid) - cpu
-                    per_cpu[contender.name].append(result["rps"] * seconds / cpu if cpu else 0.0)
-                    if result["errors"]:
-                        print(f"  {contender.name}: {result['errors']} errors in round {number}")
-                    rps[contender.name].append(result["rps"])
+                    for gen in gens:
+                        cpu = tree_cpu(contender.proc.pid)
+                        run = http_load.measure(gen, found[gen], contender.port, seconds,
+                                                args.connections, client_cpu,
+                                                answer_bytes=contender.answer_bytes)
+                        cpu = tree_cpu(contender.proc.pid) - cpu
+                        if run.problems:
+                            print(f"  {contender.name} by {gen}, round {number}: not counted: "
+                                  f"{'; '.join(run.problems)}")
+                            continue
+                        got[contender.name, gen][number] = (
+                            run.rps, run.rps * seconds / cpu if cpu else 0.0, run.cpu)
                 print(f"  HTTP round {number} of {args.rounds}: "
-                      + ", ".join(f"{name} {values[-1]:,.0f} requests/s"
-                                  for name, values in rps.items()), flush=True)
-        except (http_bench.BenchError, subprocess.TimeoutExpired) as e:
+                      + ", ".join(f"{name} {got[name, gen][number][0]:,.0f}/s by {gen}"
+                                  for gen in gens for name in names
+                                  if number in got[name, gen]), flush=True)
+        except http_load.BenchError as e:
             print(f"HTTP goal not measured: {e}")
             return
         finally:
             for contender in contenders:
                 contender.stop()
-    ratios = [a / b for a, b in zip(rps["lesson 11"], rps["nginx"]) if b]
-    cpu_ratios = [a / b for a, b in zip(per_cpu["lesson 11"], per_cpu["nginx"]) if b]
-    print(f"\nHTTP, wrk, keep-alive, {args.connections} connections: lesson 11 / one nginx "
-          f"worker\n  requests/s {band(ratios)}; per server CPU-second {band(cpu_ratios)}"
-          f"\n  requests/s: {verdict(ratios, HTTP_GOAL)}; per server CPU-second: "
-          f"{verdict(cpu_ratios, HTTP_GOAL)}")
+    print(f"\nHTTP, keep-alive, {args.connections} connections: lesson 11 / one nginx worker")
+    every, every_cpu, medians = [], [], {}
+    for gen in found:
+        lesson, ceiling = got["lesson 11", gen], got["nginx", gen]
+        both = [n for n in lesson if n in ceiling and ceiling[n][0] and ceiling[n][1]]
+        if not both:
+            print(f"  by {gen:<7} no round with both servers counted")
+            continue
+        ratios = [lesson[n][0] / ceiling[n][0] for n in both]
+        cpu_ratios = [lesson[n][1] / ceiling[n][1] for n in both]
+        every += ratios
+        every_cpu += cpu_ratios
+        medians[gen] = statistics.median(ratios)
+        load = ", ".join(
+            f"{name} {statistics.median(r[0] for r in got[name, gen].values()):,.0f}/s "
+            f"(generator CPU {statistics.median(r[2] for r in got[name, gen].values()):.0%})"
+            for name in names if got[name, gen])
+        print(f"  by {gen:<7} requests/s {band(ratios)}; per server CPU-second "
+              f"{band(cpu_ratios)}\n          medians: {load}")
+    if len(medians) == 2:
+        (a_gen, a), (b_gen, b) = medians.items()
+        print(f"  {b_gen}'s ratio over {a_gen}'s: {b / a:.2f}: "
+              + (f"the two generators agree within {http_load.AGREE:.0%}"
+                 if http_load.agree(a, b) else
+                 f"they differ by more than {http_load.AGREE:.0%}, not a figure to trust yet"))
+    if every:
+        print(f"  requests/s: {verdict(every, HTTP_GOAL)}; per server CPU-second: "
+              f"{verdict(every_cpu, HTTP_GOAL)}\n  (each the median of every round by "
+              f"{'both generators' if len(found) == 2 else 'the one generator'})")
 
 
 def main():
