@@ -379,7 +379,7 @@ REQUEST_LINE = re.compile(rb"(%s) ([!-~]+) (HTTP/[0-9]\.[0-9])" % TOKEN)
 # folding): RFC 9112 says reject both, because proxies disagree on what they mean (request
 # smuggling). The value may hold visible ASCII, space, tab and bytes >= 0x80 (RFC 9110 5.5),
 # but no control character: no NUL, no lone CR or LF, no DEL.
-HEADER = re.compile(rb"(%s):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*" % TOKEN)
+HEADER = re.compile(rb"(%s):([^\x00-\x08\x0a-\x1f\x7f]*)" % TOKEN)
 REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
            408: b"Request Timeout", 413: b"Content Too Large",
            431: b"Request Header Fields Too Large", 501: b"Not Implemented",
@@ -426,28 +426,31 @@ def parse_head(head):
     method, target, version = match.groups()
     if version not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
-    fields = collections.defaultdict(list)  # lower-case name -> its values, in order
+    fields = {}  # lower-case name -> its values, in order
     for line in lines[1:]:
         header = HEADER.fullmatch(line)
         if not header:
             raise HttpError(400, "a header line is not NAME: VALUE of visible characters")
-        fields[header[1].lower()].append(header[2])
-    if version == b"HTTP/1.1" and len(fields[b"host"]) != 1:
+        fields.setdefault(header[1].lower(), []).append(header[2].strip(b" \t"))
+    if version == b"HTTP/1.1" and len(fields.get(b"host", ())) != 1:
         raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
-    if fields[b"transfer-encoding"]:
+    if b"transfer-encoding" in fields:
         raise HttpError(501, "Transfer-Encoding is not implemented; send Content-Length")
-    # Digits only, at most 18 of them: no sign, no list, no int() surprises. Two different
-    # lengths would let two parsers see two different requests.
-    lengths = fields[b"content-length"]
-    if not all(value.isdigit() and len(value) <= 18 for value in lengths):
-        raise HttpError(400, "Content-Length must be a number")
-    if len({int(value) for value in lengths}) > 1:
-        raise HttpError(400, "two different Content-Length headers")
+    length = None
+    for value in fields.get(b"content-length", ()):
+        # Digits only, at most 18 of them: no sign, no list, no int() surprises. Two
+        # different lengths would let two parsers see two different requests.
+        if not value.isdigit() or len(value) > 18:
+            raise HttpError(400, "Content-Length must be a number")
+        if length is not None and int(value) != length:
+            raise HttpError(400, "two different Content-Length headers")
+        length = int(value)
     # HTTP/1.1 is persistent unless someone says close; HTTP/1.0 only if the client asks.
-    options = {option.strip() for value in fields[b"connection"]
-               for option in value.lower().split(b",")}
-    keep_alive = b"close" not in options and (version == b"HTTP/1.1" or b"keep-alive" in options)
-    expect_continue = any(value.lower() == b"100-continue" for value in fields[b"expect"])
+    keep_alive = version == b"HTTP/1.1"
+    if b"connection" in fields:
+        options = [part.strip() for part in b",".join(fields[b"connection"]).lower().split(b",")]
+        keep_alive = b"close" not in options and (keep_alive or b"keep-alive" in options)
+    expect_continue = fields.get(b"expect", [b""])[0].lower() == b"100-continue"
     path = target
     if target.startswith((b"http://", b"https://")):  # absolute form, as sent to proxies
         slash = target.find(b"/", target.find(b"//") + 2)
@@ -455,8 +458,7 @@ def parse_head(head):
     path = path.partition(b"?")[0]
     if not path.startswith(b"/"):
         raise HttpError(400, "the target must start with /")
-    length = int(lengths[0]) if lengths else 0
-    return Request(method, target, version, path, keep_alive, length, expect_continue)
+    return Request(method, target, version, path, keep_alive, length or 0, expect_continue)
 
 
 def build_response(status, headers, body, date, head_only=False):
