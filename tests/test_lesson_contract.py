@@ -92,6 +92,49 @@ def test_standard_library_only(lesson):
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
 
 
+# -- the trace: what woke the loop ---------------------------------------------------------
+
+def prints_wake_lines(lesson):
+    """Does the lesson's --trace print a "wake ..." line per wake-up (what harness.wakes reads)?"""
+    return '("wake "' in (harness.LESSONS / lesson).read_text(encoding="utf-8")
+
+
+TRACED_LESSONS = [lesson for lesson in lesson_list.scripts("echo") if prints_wake_lines(lesson)]
+
+
+def listening_fds(server):
+    """The server's fd numbers for its listening socket: the socket that /proc/net/tcp lists
+    as LISTEN (state 0A) on the server's port, found by its inode among /proc/PID/fd."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state, inode = row.split()[1], row.split()[3], row.split()[9]
+            if state == "0A" and int(local.rpartition(":")[2], 16) == server.port:
+                inodes.add(f"socket:[{inode}]")
+    fds = Path(f"/proc/{server.pid}/fd")
+    return {fd.name for fd in fds.iterdir() if str(fd.readlink()) in inodes}
+
+
+@pytest.mark.parametrize("lesson", TRACED_LESSONS)
+def test_the_trace_names_the_signal_wake_up_and_numbers_only_sockets_it_serves(start, lesson):
+    # Ctrl-C wakes the loop through the socket that signal.set_wakeup_fd writes to, which no
+    # client ever sees: the trace calls it "signal". Every number in a wake line is a socket
+    # a learner can point at: the listener or a client the trace said it accepted.
+    server = start(lesson, "--trace")
+    with server.connect() as client:
+        harness.send_all(client, b"ping")
+        assert harness.recv_exactly(client, 4) == b"ping"
+        sockets = listening_fds(server) | {str(fd) for fd in harness.accepted_fds(server.lines)}
+        harness.wait_in_epoll_wait(server)
+        assert server.stop(signal.SIGINT) == 0, server.output()  # the client still connected
+    wakes = harness.wakes(server.lines)
+    assert wakes and "signal" in wakes[-1], f"the last wake-up does not name the signal:\n" \
+        f"{server.output()}"
+    numbered = {name for wake in wakes for name in wake if name != "signal"}
+    assert numbered <= sockets, f"fd {sorted(numbered - sockets)} is neither the listener " \
+        f"nor an accepted client:\n{server.output()}"
+
+
 
 # -- out of file descriptors ---------------------------------------------------------------
 
