@@ -407,7 +407,8 @@ def main() -> int:
             not_installed = [n for n in not_installed if key(n.split()[0]) in only]
         print(f"HTTP benchmark: {' and '.join(generators)}, keep-alive HTTP/1.1, 1 thread, "
               f"{args.connections} connections with one request in flight on each; "
-              f"{args.rounds} rounds of {args.duration} s per server and generator; body "
+              f"{args.rounds} round{'s' if args.rounds > 1 else ''} of {args.duration} s per "
+              f"server and generator; body "
               f"{BODY.decode()!r}; load average {load_average()} at the start")
         print("servers: " + ", ".join(f"{c.name} ({c.note})" for c in found))
         if pin:
