@@ -133,7 +133,8 @@ def http_goal(args):
     seconds = max(1, round(args.seconds))  # wrk counts whole seconds
     names = ("lesson 11", "nginx")
     # {(server, generator): {round: (requests/s, requests per second of server CPU, the
-    # generator's share of its core)}}, only for runs in which every answer was right.
+    # generator's share of its core, the server's share of its core)}}, only for runs in
+    # which every answer was right.
     got = {(name, gen): {} for name in names for gen in found}
     with tempfile.TemporaryDirectory(prefix="goals-http-") as tmp:
         workdir = Path(tmp)
@@ -155,31 +156,32 @@ def http_goal(args):
         try:
             for contender in contenders:
                 contender.start(server_cpu)
-                answer_bytes = http_load.probe(contender.port)
-                contender.answer_bytes = answer_bytes
-                for gen, path in found.items():  # warm-up, every answer checked
-                    run = http_load.measure(gen, path, contender.port, HTTP_WARM_UP,
-                                            args.connections, client_cpu, check=True,
-                                            answer_bytes=answer_bytes)
-                    if run.problems:
-                        raise http_load.BenchError(f"{contender.name} answered wrongly under "
-                                                   f"{gen}: {'; '.join(run.problems)}")
+                try:
+                    http_bench.warm_up_and_check(contender, found, HTTP_WARM_UP,
+                                                 args.connections, client_cpu)
+                except http_load.BenchError as e:
+                    raise http_load.BenchError(f"{contender.name} {e}") from None
             for number in range(1, args.rounds + 1):
                 order = contenders if number % 2 else contenders[::-1]
                 gens = list(found) if number % 2 else list(found)[::-1]
                 for contender in order:
                     for gen in gens:
                         cpu = tree_cpu(contender.proc.pid)
-                        run = http_load.measure(gen, found[gen], contender.port, seconds,
-                                                args.connections, client_cpu,
-                                                answer_bytes=contender.answer_bytes)
+                        try:
+                            run = http_load.measure(gen, found[gen], contender.port, seconds,
+                                                    args.connections, client_cpu,
+                                                    answer_bytes=contender.answer_bytes)
+                        except http_load.BenchError as e:
+                            print(f"  {contender.name} by {gen}, round {number}: failed: {e}")
+                            continue
                         cpu = tree_cpu(contender.proc.pid) - cpu
                         if run.problems:
                             print(f"  {contender.name} by {gen}, round {number}: not counted: "
                                   f"{'; '.join(run.problems)}")
                             continue
                         got[contender.name, gen][number] = (
-                            run.rps, run.rps * seconds / cpu if cpu else 0.0, run.cpu)
+                            run.rps, run.rps * seconds / cpu if cpu else 0.0, run.cpu,
+                            cpu / seconds)
                 print(f"  HTTP round {number} of {args.rounds}: "
                       + ", ".join(f"{name} {got[name, gen][number][0]:,.0f}/s by {gen}"
                                   for gen in gens for name in names
@@ -205,7 +207,8 @@ def http_goal(args):
         medians[gen] = statistics.median(ratios)
         load = ", ".join(
             f"{name} {statistics.median(r[0] for r in got[name, gen].values()):,.0f}/s "
-            f"(generator CPU {statistics.median(r[2] for r in got[name, gen].values()):.0%})"
+            f"(CPU {statistics.median(r[3] for r in got[name, gen].values()):.0%}, generator "
+            f"{statistics.median(r[2] for r in got[name, gen].values()):.0%})"
             for name in names if got[name, gen])
         print(f"  by {gen:<7} requests/s {band(ratios)}; per server CPU-second "
               f"{band(cpu_ratios)}\n          medians: {load}")

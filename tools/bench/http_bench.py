@@ -254,14 +254,14 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
 
-def warm_up_and_check(contender: Contender, generators: dict, args, client_cpu) -> None:
+def warm_up_and_check(contender: Contender, generators: dict, seconds: int, connections: int,
+                      client_cpu) -> None:
     """The answer's exact size for wrk's byte count, then one run of each generator that also
     checks every answer (and warms the server up). Raises BenchError on a wrong answer."""
     contender.answer_bytes = http_load.probe(contender.port)
     for name, path in generators.items():
-        run = http_load.measure(name, path, contender.port, max(1, args.warmup),
-                                args.connections, client_cpu, check=True,
-                                answer_bytes=contender.answer_bytes)
+        run = http_load.measure(name, path, contender.port, seconds, connections, client_cpu,
+                                check=True, answer_bytes=contender.answer_bytes)
         if run.problems:
             raise BenchError(f"answered wrongly under {name}: {'; '.join(run.problems)}")
 
@@ -423,7 +423,8 @@ def main() -> int:
             for contender in found:
                 try:
                     contender.start(server_cpu)
-                    warm_up_and_check(contender, generators, args, client_cpu)
+                    warm_up_and_check(contender, generators, args.warmup, args.connections,
+                                      client_cpu)
                     running.append(contender)
                 except BenchError as e:
                     print(f"{contender.name}: not measured: {e}")
