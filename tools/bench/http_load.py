@@ -25,8 +25,8 @@ Every answer must be "200 OK" with the 13-byte body, and a run that saw anything
 reported with what was wrong and not counted:
     wrk     socket errors (connect, read, write, timeout), answers with status 400 or more, and
             the bytes read: each answer of a server is as long as the one probe() received
-            (headers included), so R answers make between R and R + connections such lengths
-            (the last answers may be cut off by the end of the run). A check run (the warm-up)
+            (headers included; the Date header has a fixed width), so R answers make between
+            R and R + connections such lengths (the last may be cut off by the end of the run). A check run (the warm-up)
             also looks at every answer in wrk's Lua hook: status 200, 13-byte body. That hook
             costs wrk time on every answer, so the measured runs do without it.
     h2load  failed, errored or timed-out requests; every done request a 2xx; body bytes
@@ -34,7 +34,9 @@ reported with what was wrong and not counted:
             also writes h2load's log of every request and requires status 200 on each line.
 
 Each run also gives the share of one core the generator used: near 100%, the generator may be
-what limits the figure.
+what limits the figure. A run still going 30 s after its end is stopped and reported: h2load
+1.52 did not stop when clients were still connecting at the end of its duration (seen against
+a server whose listen backlog of 5 dropped the SYNs of 50 clients connecting at once).
 """
 
 import os
