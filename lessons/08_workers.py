@@ -316,7 +316,8 @@ class EchoServer:
         listen_fd, wake_fd = self.listener.fileno(), self.wake_r.fileno()
         while self.running:
             events = self.epoll.poll(self.poll_timeout(), self.batch)
-            self.log(who, "wake " + " ".join(f"{fd}={mask_name(ev)}" for fd, ev in events))
+            self.log(who, "wake " + " ".join(
+                f"{'signal' if fd == wake_fd else fd}={mask_name(ev)}" for fd, ev in events))
             for fd, ev in events:
                 if fd == listen_fd:
                     self.on_accept(who)
