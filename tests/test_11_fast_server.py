@@ -237,3 +237,42 @@ def test_a_wrong_flag_of_this_lesson_is_one_line(args):
     result = harness.run(LESSON, *args)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- the notebook's conclusion --------------------------------------------------------------
+# nbval does not compare a measured cell's numbers, and a notebook stored from two runs (the
+# measured cells of one kept, of another stored anew) would quote figures in its conclusion
+# that the cells above do not show. Read as committed, they must be the same.
+
+def test_the_notebooks_conclusion_quotes_the_figures_shown_above():
+    import json
+    import re
+
+    path = next((harness.ROOT / "notebooks").glob("11_*.ipynb"))
+    code = [cell for cell in json.loads(path.read_text())["cells"] if cell["cell_type"] == "code"]
+
+    def shown(marker):
+        """What the one code cell whose source holds `marker` printed, in one text."""
+        found = [cell for cell in code if marker in "".join(cell["source"])]
+        assert len(found) == 1, f"{len(found)} cells of {path.name} hold {marker!r}"
+        return " ".join("".join(out.get("text", "")) for out in found[0]["outputs"])
+
+    def figures(text, pattern):
+        match = re.search(pattern, " ".join(text.split()))
+        assert match, f"{pattern!r} not in {path.name}'s output: {text!r}"
+        return match.groups()
+
+    table = {line.split()[0]: line.split()[1:] for line in shown("CPU us/msg").splitlines()
+             if line.split() and line.split()[0] in ("naive", "hot-loop")}
+    shares = shown("the biggest:")
+    ceilings = shown("threads sharing one GIL")
+    said = shown("fell from the first step to the last")  # the conclusion
+    stored = "make outputs NB=11 FRESH=1 stores every measured cell from one run"
+    assert figures(said, r"echo from ([\d.]+) to ([\d.]+) us, HTTP from ([\d.]+) to ([\d.]+) us") \
+        == (table["naive"][1], table["hot-loop"][1], table["naive"][3], table["hot-loop"][3]), stored
+    assert figures(said, r"(\d+)% of the fastest server's profiled CPU time") \
+        == figures(shares, r"inside epoll_wait, send and recv_into: (\d+)%"), stored
+    assert figures(said, r"at most ([\d,]+) messages/s here\. Of its ([\d.]+) us per message, "
+                         r"at most ([\d.]+) us are Python") \
+        == figures(ceilings, r"one core: at most ([\d,]+) messages/s")[:1] + figures(
+            ceilings, r"CPU per message ([\d.]+) us, of which at most ([\d.]+) us is Python"), stored
