@@ -1,7 +1,9 @@
 """Lesson 11: every step serves the same bytes, saves the system calls it claims (counted by
 the server, and the counts agree with strace's), and its workers never outlive their parent."""
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -245,9 +247,6 @@ def test_a_wrong_flag_of_this_lesson_is_one_line(args):
 # that the cells above do not show. Read as committed, they must be the same.
 
 def test_the_notebooks_conclusion_quotes_the_figures_shown_above():
-    import json
-    import re
-
     path = next((harness.ROOT / "notebooks").glob("11_*.ipynb"))
     code = [cell for cell in json.loads(path.read_text())["cells"] if cell["cell_type"] == "code"]
 
