@@ -9,6 +9,7 @@ the reason, where it is not installed."""
 
 import argparse
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -136,6 +137,33 @@ def test_h2load_output_with_something_wrong(fields, says):
     assert any(says in problem for problem in problems), problems
 
 
+BURN_IN_A_THREAD = """
+import threading, time
+def burn():
+    end = time.thread_time() + 0.3
+    while time.thread_time() < end:
+        pass
+    print(time.thread_time(), flush=True)
+thread = threading.Thread(target=burn)
+thread.start()
+thread.join()
+input()  # wait for the test to read the CPU used, then for it to close stdin
+"""
+
+
+def test_server_cpu_counts_threads_that_have_ended():
+    # http.server serves each connection in a thread of its own, gone when it closes: its CPU
+    # time must still be counted (a server's main thread alone would show almost none).
+    child = subprocess.Popen([sys.executable, "-c", BURN_IN_A_THREAD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        burnt = float(child.stdout.readline())
+        assert http_load.cpu_seconds(child.pid) >= burnt - 0.02  # clock ticks of 10 ms
+    finally:
+        child.stdin.close()
+        child.wait(10)
+
+
 # -- real runs against a server that answers wrongly now and then -----------------------------
 
 class Sometimes(BaseHTTPRequestHandler):
@@ -212,7 +240,8 @@ def test_probe_refuses_a_wrong_answer():
 
 def test_a_wrong_round_is_reported_not_counted(capsys):
     with sometimes_wrong() as port:
-        server = argparse.Namespace(name="sometimes", port=port,
+        server = argparse.Namespace(name="sometimes", port=port,  # a Contender, to the rounds
+                                    proc=argparse.Namespace(pid=os.getpid()),
                                     answer_bytes=http_load.probe(port))
         args = argparse.Namespace(rounds=1, duration=1, connections=4)
         runs = http_bench.measure_rounds([server], {"wrk": generator("wrk")}, args, None)

@@ -45,21 +45,6 @@ HTTP_GOAL = 0.8
 HTTP_WARM_UP = 1  # seconds of each HTTP generator against each server before the rounds
 
 
-def tree_cpu(pid):
-    """CPU seconds used so far by a process and its children (nginx: the master and its
-    worker), from /proc/PID/schedstat (nanoseconds, not sampled)."""
-    def own(p):
-        try:
-            return int(Path(f"/proc/{p}/schedstat").read_text().split()[0])
-        except (OSError, ValueError):
-            return 0
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    return (own(pid) + sum(own(int(child)) for child in children)) / 1e9
-
-
 def band(values):
     mid, lo, hi, _ = echo_bench.spread(values)
     return f"{mid:.2f}x ({lo:.2f}-{hi:.2f} over {len(values)} rounds)"
@@ -166,22 +151,20 @@ def http_goal(args):
                 gens = list(found) if number % 2 else list(found)[::-1]
                 for contender in order:
                     for gen in gens:
-                        cpu = tree_cpu(contender.proc.pid)
                         try:
                             run = http_load.measure(gen, found[gen], contender.port, seconds,
                                                     args.connections, client_cpu,
-                                                    answer_bytes=contender.answer_bytes)
+                                                    answer_bytes=contender.answer_bytes,
+                                                    server_pid=contender.proc.pid)
                         except http_load.BenchError as e:
                             print(f"  {contender.name} by {gen}, round {number}: failed: {e}")
                             continue
-                        cpu = tree_cpu(contender.proc.pid) - cpu
                         if run.problems:
                             print(f"  {contender.name} by {gen}, round {number}: not counted: "
                                   f"{'; '.join(run.problems)}")
                             continue
-                        got[contender.name, gen][number] = (
-                            run.rps, run.rps * seconds / cpu if cpu else 0.0, run.cpu,
-                            cpu / seconds)
+                        got[contender.name, gen][number] = (run.rps, run.per_cpu, run.cpu,
+                                                            run.server_cpu)
                 print(f"  HTTP round {number} of {args.rounds}: "
                       + ", ".join(f"{name} {got[name, gen][number][0]:,.0f}/s by {gen}"
                                   for gen in gens for name in names

@@ -278,7 +278,8 @@ def measure_rounds(running: list[Contender], generators: dict, args, client_cpu)
                 try:
                     run = http_load.measure(name, generators[name], contender.port,
                                             args.duration, args.connections, client_cpu,
-                                            answer_bytes=contender.answer_bytes)
+                                            answer_bytes=contender.answer_bytes,
+                                            server_pid=contender.proc.pid)
                 except BenchError as e:
                     print(f"  round {number}, {contender.name} by {name}: failed: {e}")
                     continue
@@ -302,38 +303,43 @@ def report(running: list[Contender], generators: dict, runs: dict, args) -> bool
     base = next((c for c in running if c.name == BASE), None)
     limit = f"{http_load.GENERATOR_LIMIT:.0%}"
     print(f"""
-requests/s: the median of the rounds counted (of {args.rounds}), the lowest and the highest.
-CPU: the share of one core the load generator used (the median; * at {limit} or more: the
-generator may be what limits). {BASE} / it: in each round, {BASE}'s figure over this
-server's by the same generator; the median of the rounds (lowest-highest).""")
-    print(f"{'server':<13}{'generator':<10}{'requests/s':>11}{'lowest-highest':>19}"
-          f"{'rounds':>7}{'CPU':>6}  {BASE + ' / it':>22}")
+requests/s: the median of the n rounds counted (of {args.rounds}), the lowest and the highest.
+CPU: the share of one core used by the server / by the load generator (medians; * at {limit}
+or more: the generator may be what limits). {BASE} / it: in each round, {BASE}'s
+figure over this server's by the same generator, the median of the rounds (lowest-highest):
+by requests/s, and by requests per second of server CPU (steadier on a busy machine).""")
+    print(f"{'server':<12}{'by':<7}{'requests/s':>11}{'lowest-highest':>17}{'n':>3}"
+          f"{'CPU':>12} {BASE + ' / it':>19}{'per CPU-s':>19}")
     measured, limited, ratios_by = False, False, {}
     for contender in running:
         for i, name in enumerate(generators):
             got = runs[contender.name, name]
             label = contender.name if i == 0 else ""
             if not got:
-                print(f"{label:<13}{name:<10}{'-':>11}  no round counted")
+                print(f"{label:<12}{name:<7}{'-':>11}  no round counted")
                 continue
             measured = True
             rates = [run.rps for run in got.values()]
             cpu = statistics.median(run.cpu for run in got.values())
+            server = statistics.median(run.server_cpu for run in got.values())
             busy = cpu >= http_load.GENERATOR_LIMIT
             limited = limited or busy
-            ratio = "-"
+            cells = ["-", "-"]
             if base is not None and contender is not base:
-                ratios = [runs[base.name, name][n].rps / run.rps
-                          for n, run in got.items() if n in runs[base.name, name] and run.rps]
-                if ratios:
-                    ratios_by[contender.name, name] = ratios
-                    ratio = spread(ratios)
-            print(f"{label:<13}{name:<10}{statistics.median(rates):>11,.0f}"
-                  f"{f'{min(rates):,.0f}-{max(rates):,.0f}':>19}{len(rates):>7}"
-                  f"{f'{cpu:.0%}':>6}{'*' if busy else ' '} {ratio:>22}")
+                for k, figure in enumerate(("rps", "per_cpu")):
+                    ratios = [getattr(runs[base.name, name][n], figure) / getattr(run, figure)
+                              for n, run in got.items()
+                              if n in runs[base.name, name] and getattr(run, figure)]
+                    if ratios:
+                        ratios_by[contender.name, name, figure] = ratios
+                        cells[k] = spread(ratios)
+            print(f"{label:<12}{name:<7}{statistics.median(rates):>11,.0f}"
+                  f"{f'{min(rates):,.0f}-{max(rates):,.0f}':>17}{len(rates):>3}"
+                  f"{f'{server:.0%} / {cpu:.0%}':>12}{'*' if busy else ' '}"
+                  f"{cells[0]:>19}{cells[1]:>19}")
         if len(generators) == 2:
             first, second = generators
-            print(f"{'':<13}{agreement(contender.name, first, second, runs, ratios_by)}")
+            print(f"{'':<12}{agreement(contender.name, first, second, runs, ratios_by)}")
     if limited:
         print("* the load generator used most of its core: the server may be faster than this.")
     return measured
@@ -346,11 +352,16 @@ def agreement(server: str, first: str, second: str, runs: dict, ratios_by: dict)
     if not all(medians):
         return "the two generators cannot be compared: one counted no round"
     line = f"{second} over {first}: requests/s {medians[1] / medians[0]:.2f}"
-    if (server, first) in ratios_by and (server, second) in ratios_by:
-        a, b = (statistics.median(ratios_by[server, gen]) for gen in (first, second))
-        line += f", {BASE} / it {b / a:.2f}" + (
-            f": the ratios agree within {http_load.AGREE:.0%}" if http_load.agree(a, b) else
-            f": the ratios differ by more than {http_load.AGREE:.0%}, not a figure to trust yet")
+    verdicts = []
+    for figure, what in (("rps", f"{BASE} / it"), ("per_cpu", "per CPU-s")):
+        if (server, first, figure) in ratios_by and (server, second, figure) in ratios_by:
+            a, b = (statistics.median(ratios_by[server, gen, figure]) for gen in (first, second))
+            line += f", {what} {b / a:.2f}"
+            verdicts.append(http_load.agree(a, b))
+    if verdicts:
+        line += (f": the ratios agree within {http_load.AGREE:.0%}" if all(verdicts) else
+                 f": {'both ratios differ' if not any(verdicts) else 'a ratio differs'} by "
+                 f"more than {http_load.AGREE:.0%}")
     return line
 
 

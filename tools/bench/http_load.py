@@ -26,9 +26,10 @@ reported with what was wrong and not counted:
     wrk     socket errors (connect, read, write, timeout), answers with status 400 or more, and
             the bytes read: each answer of a server is as long as the one probe() received
             (headers included; the Date header has a fixed width), so R answers make between
-            R and R + connections such lengths (the last may be cut off by the end of the run). A check run (the warm-up)
-            also looks at every answer in wrk's Lua hook: status 200, 13-byte body. That hook
-            costs wrk time on every answer, so the measured runs do without it.
+            R and R + connections such lengths (the last may be cut off by the end of the
+            run). A check run (the warm-up) also looks at every answer in wrk's Lua hook:
+            status 200, 13-byte body. That hook costs wrk time on every answer, so the
+            measured runs do without it.
     h2load  failed, errored or timed-out requests; every done request a 2xx; body bytes
             between 13 per done request and 13 per started one. A check run (the warm-up)
             also writes h2load's log of every request and requires status 200 on each line.
@@ -93,6 +94,29 @@ class Run:
     requests: int  # answers counted
     cpu: float  # share of one core the generator used
     problems: list = field(default_factory=list)  # what was wrong; any: the run is not counted
+    server_cpu: float = 0.0  # share of one core the server used, when the caller measured it
+
+    @property
+    def per_cpu(self):
+        """Answers per second of server CPU: steadier than rps on a busy machine."""
+        return self.rps / self.server_cpu if self.server_cpu > 0 else 0.0
+
+
+def cpu_seconds(pid):
+    """CPU seconds used so far by a server: the process, all its threads (also those that have
+    ended: http.server's one per connection) and its children (nginx: the master and its
+    worker), from /proc/PID/stat (utime and stime, in clock ticks)."""
+    def own(p):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+        except (OSError, ValueError, IndexError):
+            return 0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return (own(pid) + sum(own(int(child)) for child in children)) / os.sysconf("SC_CLK_TCK")
 
 
 def agree(a, b):
@@ -222,10 +246,13 @@ def wrong_statuses(log_file):
         return sum(1 for line in log if line.split("\t")[1:2] != ["200"])
 
 
-def measure(name, path, port, seconds, connections, cpu=None, check=False, answer_bytes=None):
+def measure(name, path, port, seconds, connections, cpu=None, check=False, answer_bytes=None,
+            server_pid=None):
     """One run of generator `name` (at `path`) against 127.0.0.1:port, for `seconds` (whole),
     pinned to `cpu` (None: anywhere). check=True looks at every answer (slower: for a warm-up).
-    answer_bytes: the whole answer's length, from probe(), which wrk's bytes must match."""
+    answer_bytes: the whole answer's length, from probe(), which wrk's bytes must match.
+    server_pid: the server's process, whose CPU over the run is then measured too."""
+    server_before = cpu_seconds(server_pid) if server_pid else 0.0
     url = f"http://127.0.0.1:{port}/"
     with tempfile.TemporaryDirectory(prefix="http-load-") as tmp:
         log = Path(tmp) / "requests.tsv"
@@ -249,6 +276,7 @@ def measure(name, path, port, seconds, connections, cpu=None, check=False, answe
             raise BenchError(f"{name} did not finish within {seconds + 30} s") from None
         wall = time.monotonic() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_used = cpu_seconds(server_pid) - server_before if server_pid else 0.0
         if got.returncode != 0:
             raise BenchError(f"{name} failed: {(got.stderr.strip() or got.stdout.strip())[-400:]}")
         if name == "wrk":
@@ -262,4 +290,5 @@ def measure(name, path, port, seconds, connections, cpu=None, check=False, answe
                 if wrong:
                     problems.append(f"{wrong} requests not answered with status 200")
     used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return Run(name, rps, requests, used / wall if wall > 0 else 0.0, problems)
+    return Run(name, rps, requests, used / wall if wall > 0 else 0.0, problems,
+               server_used / wall if wall > 0 else 0.0)
