@@ -58,6 +58,7 @@ HELLO = b"Hello, world!"
 NOT_FOUND = b"404 Not Found: no such path here\n"
 ROUTES = {b"/": (b"GET", b"HEAD"), b"/echo": (b"POST",)}  # path -> the methods it allows
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # the go-ahead for `Expect: 100-continue`
+PLAIN_TEXT = b"Content-Type: text/plain\r\n"
 
 
 class Connection:
@@ -94,9 +95,8 @@ class HttpServer:
         self.listener = listener
         self.options = options  # the flags: trace, idle_timeout, max_header_bytes, ...
         self.conns = {}  # fd -> Connection
-        # The timers. Every deadline is "now + idle_timeout", so deadlines expire in the order
-        # they were set: an OrderedDict kept in that order (move_to_end on reset) is a priority
-        # queue with O(1) operations. (Timeouts of many lengths need a heap, as nginx has.)
+        # The timers. Each is "now + idle_timeout", so they expire in the order they are set:
+        # an OrderedDict kept in that order (move_to_end) is a queue with O(1) steps, no heap.
         self.deadlines = collections.OrderedDict()  # fd -> monotonic time to give up
         self.now = time.monotonic()
         self.date_second, self.date = None, b""  # the Date header, once per second (tick)
@@ -117,7 +117,7 @@ class HttpServer:
         if self.options.trace:
             print(text, flush=True)
 
-    # -- the handlers ---------------------------------------------------------------------
+    # -- the handlers -------------------------------------------------------------------
 
     def on_accept(self):
         # Level-triggered: one accept per event is enough. If more clients are queued,
@@ -128,29 +128,33 @@ class HttpServer:
             return
         except OSError as e:
             if e.errno in OUT_OF_RESOURCES:
-                self.pause_accept(True, e.strerror)
+                self.pause_accept(e)
             else:  # the client gave up already (ECONNABORTED): the next one is reported
                 self.log(f"accept failed: {e.strerror}")
             return
         sock.setblocking(False)
-        # A 100 Continue and the answer after it are two sends: Nagle's algorithm would
-        # hold the second back until the client acknowledged the first.
+        # Nagle's algorithm would hold back the answer sent after a 100 Continue until acked.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Connection(sock)
         self.conns[sock.fileno()] = conn
         self.epoll.register(sock.fileno(), conn.interest)
         self.reset_deadline(conn)
 
-    def pause_accept(self, paused, why=""):
-        # The trap: the client is still in the kernel's queue, so the listener stays readable,
-        # and level-triggered epoll reports it on every pass while every accept fails: 100%
-        # of a CPU, nobody served. So stop watching it until close() frees an fd, or until
-        # RETRY_ACCEPT has passed (other processes free ENFILE and ENOMEM). Watching it again
-        # (EPOLL_CTL_MOD) checks readiness on the spot: clients queued meanwhile are reported.
-        if paused != self.accept_paused:
-            self.log(f"accept paused: {why}" if paused else "accept resumed")
-            self.accept_paused, self.retry_accept_at = paused, self.now + RETRY_ACCEPT
-            self.epoll.modify(self.listener.fileno(), 0 if paused else READABLE)
+    def pause_accept(self, error):
+        # The trap: the client is still queued, so the listener stays readable and epoll
+        # reports it on every pass while every accept fails: 100% of a CPU, nobody served. So
+        # stop watching it until close() frees an fd, or until RETRY_ACCEPT has passed (other
+        # processes free ENFILE and ENOMEM).
+        self.log(f"accept paused: {error.strerror}")
+        self.accept_paused, self.retry_accept_at = True, self.now + RETRY_ACCEPT
+        self.epoll.modify(self.listener.fileno(), 0)
+
+    def resume_accept(self):
+        # EPOLL_CTL_MOD checks readiness on the spot: clients queued meanwhile are reported.
+        if self.accept_paused:
+            self.log("accept resumed")
+            self.accept_paused = False
+            self.epoll.modify(self.listener.fileno(), READABLE)
 
     def on_readable(self, conn):
         # One recv per event, however much is waiting: level-triggering reports the rest.
@@ -163,7 +167,7 @@ class HttpServer:
             return
         if not data:  # EOF: the client sends no more, but it may still read our answers
             conn.peer_done = True
-            if conn.lingering or not conn.outbox:
+            if not conn.outbox:
                 self.close(conn, "client finished")
             return
         if conn.closing:  # what comes after the last answer is read only to be dropped
@@ -174,25 +178,24 @@ class HttpServer:
 
     def handle_requests(self, conn):
         """Answer every complete request in the inbox, in order; keep an incomplete tail."""
-        inbox = conn.inbox
-        pos = 0
+        inbox, pos = conn.inbox, 0
         try:
             while not conn.closing:
                 if conn.request is None:
                     head, pos = take_head(inbox, pos, self.options.max_header_bytes)
                     if head is None:  # its empty line has not come yet
                         break
-                    self.admit(conn, parse_head(head), len(inbox) - pos)
+                    conn.request = parse_head(head, self.options.max_body_bytes)
+                    if conn.request.expect_continue and len(inbox) - pos < conn.request.length:
+                        conn.outbox += CONTINUE  # the client waits for it to send the body
                 request = conn.request
                 if len(inbox) - pos < request.length:  # the body is still on its way
                     break
-                body = bytes(inbox[pos:pos + request.length])
-                pos += request.length
                 conn.request = None
-                self.respond(conn, request, body)
+                self.respond(conn, request, bytes(inbox[pos:pos + request.length]))
+                pos += request.length
                 if len(conn.outbox) >= HIGH_WATER:
-                    # The client is not reading. Stop here: the rest waits in the inbox,
-                    # we read no more, and on_writable comes back to it at LOW_WATER.
+                    # The client is not reading: the rest waits for LOW_WATER (on_writable).
                     conn.throttled = True
                     break
         except HttpError as error:
@@ -200,49 +203,42 @@ class HttpServer:
             pos = len(inbox)
         del inbox[:pos]  # one cut per recv, however many requests it held
 
-    def admit(self, conn, request, arrived):
-        """A new head: refuse now what would be refused anyway, before its body is read."""
-        if request.length > self.options.max_body_bytes:
-            raise HttpError(413, "the body is over the limit")
-        allowed = ROUTES.get(request.path)
-        if allowed and request.method not in allowed:  # (an unknown path: 404 after the body)
-            raise HttpError(405, "method not allowed here",
-                            b"Allow: " + b", ".join(allowed) + b"\r\n")
-        if request.expect_continue and arrived < request.length:
-            conn.outbox += CONTINUE  # the client waits for this before it sends the body
-        conn.request = request
-
     def respond(self, conn, request, body):
-        keep_alive = request.keep_alive and self.options.keep_alive
-        # TODO: count this request in conn.served; when self.options.max_requests is not 0
-        # TODO: and this is the connection's max_requests-th request, set keep_alive to False.
         if request.path == b"/":
-            status, headers, body = 200, b"Content-Type: text/plain\r\n", HELLO
+            status, headers, body = 200, PLAIN_TEXT, HELLO
         elif request.path == b"/echo":
             status, headers = 200, b"Content-Type: application/octet-stream\r\n"
         else:
-            status, headers, body = 404, b"Content-Type: text/plain\r\n", NOT_FOUND
-        if not keep_alive:
-            headers += b"Connection: close\r\n"
-        elif request.version == b"HTTP/1.0":  # HTTP/1.0 needs the promise spelled out
+            status, headers, body = 404, PLAIN_TEXT, NOT_FOUND
+        keep_alive = request.keep_alive and self.options.keep_alive
+        # TODO: count this request in conn.served; when self.options.max_requests is not 0
+        # TODO: and this is the connection's max_requests-th request, set keep_alive to False.
+        if keep_alive and request.version == b"HTTP/1.0":  # 1.0 needs the promise spelled out
             headers += b"Connection: keep-alive\r\n"
-        conn.outbox += build_response(status, headers, body, self.date,
-                                      head_only=request.method == b"HEAD")
+        self.answer(conn, status, headers, body, last=not keep_alive,
+                    head_only=request.method == b"HEAD")
         self.reset_deadline(conn)  # a complete request: the idle clock starts over
         if self.options.trace:  # method and target are checked to be visible ASCII
             line = b"%s %s -> %d" % (request.method, request.target, status)
             self.log(line.decode("ascii", errors="replace"))
-        if not keep_alive:
-            conn.closing = True
 
     def refuse(self, conn, error):
         body = b"%d %s: %s\n" % (error.status, REASONS[error.status], error.detail.encode())
-        conn.outbox += build_response(
-            error.status, b"Content-Type: text/plain\r\nConnection: close\r\n"
-            + error.extra_headers, body, self.date)
-        conn.closing = True  # where the next request would start is unknown now
+        # The last answer: where the next request would start is unknown now.
+        self.answer(conn, error.status, PLAIN_TEXT + error.extra_headers, body, last=True)
         conn.request = None
         self.log(f"error -> {error.status} ({error.detail})")
+
+    def answer(self, conn, status, headers, body, last, head_only=False):
+        """Queue one response, framed by Content-Length, so that keep-alive holds."""
+        if last:  # the client is told, and no request after this one is answered
+            headers += b"Connection: close\r\n"
+            conn.closing = True
+        conn.outbox += b"HTTP/1.1 %d %s\r\nServer: epoll-workbook\r\nDate: %s\r\n" % (
+            status, REASONS[status], self.date)
+        conn.outbox += b"Content-Length: %d\r\n%s\r\n" % (len(body), headers)
+        if not head_only:  # HEAD: the same head as GET, no body
+            conn.outbox += body
 
     def on_writable(self, conn):
         if conn.outbox:
@@ -263,10 +259,9 @@ class HttpServer:
             self.finish(conn)
 
     def finish(self, conn):
-        """All owed is delivered: end the connection without losing the last answer. close()
-        with unread bytes in the receive buffer sends a reset (RFC 1122 4.2.2.13), which can
-        destroy that answer before the client reads it. So: half-close (the client sees EOF
-        after the answer), then read and drop until its EOF, within the timeout."""
+        # All owed is delivered. The trap: close() with unread input sends a reset (RFC 1122
+        # 4.2.2.13), which can destroy the last answer before the client reads it. So half-close
+        # (the client sees EOF after the answer), then read and drop until its EOF or timeout.
         if conn.peer_done:
             self.close(conn, "client finished")
             return
@@ -286,7 +281,7 @@ class HttpServer:
         conn.closed = True
         self.epoll.unregister(fd)  # before close: afterwards the fd number means nothing
         conn.sock.close()
-        self.pause_accept(False)  # an fd is free again: a client still queued may have it
+        self.resume_accept()  # an fd is free again: a client still queued may have it
 
     def update_interest(self, conn):
         wanted = conn.wanted()
@@ -294,7 +289,7 @@ class HttpServer:
             self.epoll.modify(conn.sock.fileno(), wanted)
             conn.interest = wanted
 
-    # -- the timers -----------------------------------------------------------------------
+    # -- the timers ---------------------------------------------------------------------
 
     def tick(self):
         """Read the clocks once per wake-up, not once per request."""
@@ -330,7 +325,7 @@ class HttpServer:
                     conn.sock.send(conn.outbox)
             self.close(conn, "request timed out" if half_sent else "idle timeout")
 
-    # -- the loop -------------------------------------------------------------------------
+    # -- the loop -----------------------------------------------------------------------
 
     def serve(self):
         listen_fd, wake_fd = self.listener.fileno(), self.wake_r.fileno()
@@ -347,7 +342,7 @@ class HttpServer:
                     self.dispatch(fd, ev)
             self.expire()
             if self.accept_paused and self.now >= self.retry_accept_at:
-                self.pause_accept(False)  # no connection closed meanwhile: try anyway
+                self.resume_accept()  # no connection closed meanwhile: try anyway
 
     def dispatch(self, fd, ev):
         conn = self.conns.get(fd)
@@ -368,18 +363,18 @@ class HttpServer:
             each.close()
 
 
-# -- HTTP/1.1 from bytes and back (RFC 9112) ------------------------------------------------
+# -- HTTP/1.1 from bytes (RFC 9112) -----------------------------------------------------
 # Nothing here decodes what a client sent: every check compares bytes, so no input can raise
 # anything but HttpError.
 
 TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"  # a method or a header name (RFC 9110 5.6.2)
 # METHOD TARGET VERSION, one space apart; the target is visible ASCII only.
 REQUEST_LINE = re.compile(rb"(%s) ([!-~]+) (HTTP/[0-9]\.[0-9])" % TOKEN)
-# NAME: VALUE. No space before the colon and none at the start of the line (obsolete line
-# folding): RFC 9112 says reject both, because proxies disagree on what they mean (request
-# smuggling). The value may hold visible ASCII, space, tab and bytes >= 0x80 (RFC 9110 5.5),
-# but no control character: no NUL, no lone CR or LF, no DEL.
+# NAME: VALUE. No space before the colon, none starting a line (obsolete folding): RFC 9112
+# says reject both, as proxies disagree on their meaning (request smuggling). The value: visible
+# ASCII, space, tab, bytes >= 0x80 (RFC 9110 5.5); no control byte (NUL, lone CR or LF, DEL).
 HEADER = re.compile(rb"(%s):([^\x00-\x08\x0a-\x1f\x7f]*)" % TOKEN)
+BARE_LF = re.compile(rb"\n\r?\n")  # LF LF or LF CR LF: a head's end under the lone-LF rule
 REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
            408: b"Request Timeout", 413: b"Content Too Large",
            431: b"Request Header Fields Too Large", 501: b"Not Implemented",
@@ -398,27 +393,23 @@ class HttpError(Exception):
 
 
 def take_head(inbox, pos, limit):
-    """(the next request head in inbox from pos, the position after its empty line), or
-    (None, pos) while its end has not come. HttpError if it is over `limit` bytes long."""
+    """(the head that starts at pos, the position after its empty line), or (None, pos)."""
     while inbox.startswith(b"\r\n", pos):  # RFC 9112 2.2: skip empty lines before a request
         pos += 2
     end = inbox.find(b"\r\n\r\n", pos)
-    # RFC 9112 2.2 lets a recipient take a lone LF as the end of a line, so a head could also
-    # end at LF LF or LF CR LF. We refuse bare LF, as we refuse line folding (where a proxy and
-    # the server behind it disagree on where a head ends, one request can become two), and at
-    # once: a head that ends that way would otherwise wait for CRLF CRLF until the timeout.
-    stop = len(inbox) if end < 0 else end + 2  # an LF just before the CRLF CRLF counts too
-    if inbox.find(b"\n\n", pos, stop) >= 0 or inbox.find(b"\n\r\n", pos, stop) >= 0:
+    stop = end if end >= 0 else len(inbox)  # the head's end, or the end of what came of it
+    # RFC 9112 2.2 lets a lone LF end a line, so a head could also end at LF LF or LF CR LF. We
+    # refuse bare LF as we refuse line folding (a proxy and a server that disagree on where a
+    # head ends turn one request into two), and at once: not after waiting for CRLF CRLF.
+    if BARE_LF.search(inbox, pos, stop):
         raise HttpError(400, "lines must end with CRLF")
-    if (len(inbox) if end < 0 else end) - pos > limit:
+    if stop - pos > limit:
         raise HttpError(431, "the request head is over the limit")
-    if end < 0:
-        return None, pos
-    return bytes(inbox[pos:end]), end + 4
+    return (None, pos) if end < 0 else (bytes(inbox[pos:end]), end + 4)
 
 
-def parse_head(head):
-    """Parse the bytes before the empty line into a Request, or raise HttpError."""
+def parse_head(head, max_body):
+    """The bytes before the empty line as a Request, or HttpError: all we refuse before a body."""
     lines = head.split(b"\r\n")
     match = REQUEST_LINE.fullmatch(lines[0])
     if not match:
@@ -445,12 +436,6 @@ def parse_head(head):
         if length is not None and int(value) != length:
             raise HttpError(400, "two different Content-Length headers")
         length = int(value)
-    # HTTP/1.1 is persistent unless someone says close; HTTP/1.0 only if the client asks.
-    keep_alive = version == b"HTTP/1.1"
-    if b"connection" in fields:
-        options = [part.strip() for part in b",".join(fields[b"connection"]).lower().split(b",")]
-        keep_alive = b"close" not in options and (keep_alive or b"keep-alive" in options)
-    expect_continue = fields.get(b"expect", [b""])[0].lower() == b"100-continue"
     path = target
     if target.startswith((b"http://", b"https://")):  # absolute form, as sent to proxies
         slash = target.find(b"/", target.find(b"//") + 2)
@@ -458,14 +443,21 @@ def parse_head(head):
     path = path.partition(b"?")[0]
     if not path.startswith(b"/"):
         raise HttpError(400, "the target must start with /")
-    return Request(method, target, version, path, keep_alive, length or 0, expect_continue)
-
-
-def build_response(status, headers, body, date, head_only=False):
-    """The bytes of one response; Content-Length always, so keep-alive framing holds."""
-    head = b"HTTP/1.1 %d %s\r\nServer: epoll-workbook\r\nDate: %s\r\nContent-Length: %d\r\n" % (
-        status, REASONS[status], date, len(body))
-    return head + headers + b"\r\n" + (b"" if head_only else body)
+    # Refused now, before the body is read, as they would be after it anyway.
+    length = length or 0
+    if length > max_body:
+        raise HttpError(413, "the body is over the limit")
+    allowed = ROUTES.get(path)
+    if allowed and method not in allowed:  # (an unknown path: 404 after the body)
+        raise HttpError(405, "method not allowed here",
+                        b"Allow: " + b", ".join(allowed) + b"\r\n")
+    # HTTP/1.1 is persistent unless someone says close; HTTP/1.0 only if the client asks.
+    keep_alive = version == b"HTTP/1.1"
+    if b"connection" in fields:
+        options = [part.strip() for part in b",".join(fields[b"connection"]).lower().split(b",")]
+        keep_alive = b"close" not in options and (keep_alive or b"keep-alive" in options)
+    expect_continue = fields.get(b"expect", [b""])[0].lower() == b"100-continue"
+    return Request(method, target, version, path, keep_alive, length, expect_continue)
 
 
 # -- the program ------------------------------------------------------------------------

@@ -70,6 +70,19 @@ def test_curl_get_head_and_post(server):
     assert echoed.returncode == 0 and echoed.stdout == body
 
 
+def test_head_is_answered_without_a_body_and_the_next_request_still_parses(server):
+    # A HEAD answer carries GET's Content-Length but no body: a body sent anyway would be
+    # read by the client as the start of the next response on a keep-alive connection.
+    with server.connect() as sock:
+        harness.send_all(sock, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+                         + get(extra="Connection: close\r\n"))
+        reply = harness.recv_until_eof(sock, timeout=5)
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nContent-Length: 13" in head
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), rest[:80]  # not a body: the next answer
+    assert rest.endswith(b"\r\n\r\n" + HELLO)
+
+
 def test_curl_reuses_one_connection(server):
     curl = require_tool("curl")
     url = f"http://127.0.0.1:{server.port}/"
