@@ -10,7 +10,7 @@ READY  := $(VENV)/.pins-installed
 help:
 	@echo "make lab    open JupyterLab on notebooks/ (prints the URL)"
 	@echo "make test   run every test and every notebook (nbval, strict)"
-	@echo "make check  which exercises pass, and a hint for the first that does not"
+	@echo "make check  which exercises pass, and a hint for the first that does not (make check 04: exercise 04 alone)"
 	@echo "make bench  benchmarks: echo (lessons 01, 02, asyncio, uvloop), HTTP (lesson 04, uvicorn, ...), lesson 11's goals (uvloop, nginx), workers (lesson 08), loop layers (lesson 10)"
 	@echo "make slides every lesson as a reveal.js deck, in $(EXPORT_DIR)/slides (works offline)"
 	@echo "make html   every lesson as a static page with an index, in $(EXPORT_DIR)/html"
@@ -46,8 +46,16 @@ lab: $(READY)
 test: $(READY)
 	$(BIN)/python -m pytest
 
+# `make check 04` (or `make check 02 04`) checks those exercises alone: the numbers after
+# check are its arguments, so make is told they are targets with nothing to do.
+CHECK_ONLY := $(if $(filter check,$(firstword $(MAKECMDGOALS))),$(wordlist 2,$(words $(MAKECMDGOALS)),$(MAKECMDGOALS)))
+ifneq ($(CHECK_ONLY),)
+$(CHECK_ONLY):
+	@:
+endif
+
 check: $(READY)
-	$(BIN)/python exercises/check.py
+	$(BIN)/python exercises/check.py $(CHECK_ONLY)
 
 # After editing a lesson or its notebook: store the outputs that `make test` will compare.
 # NB="03 05" picks notebooks by number; see tools/outputs.py for what is kept as it was.
