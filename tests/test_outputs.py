@@ -139,6 +139,23 @@ def test_a_changed_output_of_any_kind_nbval_compares_is_stored(tmp_path, capfd):
     assert stored["text/markdown"] in ("| new |", ["| new |"]), stored
 
 
+def test_once_a_measured_cell_is_new_every_figure_comes_from_the_new_run(tmp_path, capfd):
+    # The measurement is edited, so it gets new numbers: the picture (a plot of them, say)
+    # must not keep the committed run's, nor may any other figure a conclusion could quote.
+    path = make(tmp_path, CELLS)
+    assert run(path, capfd=capfd)[0] == 0
+    git(tmp_path, "commit", "-q", "-am", "outputs")
+    first = json.loads(path.read_text())["cells"]
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[2].source += "  # edited"
+    nbformat.write(nb, path)
+    assert run(path, capfd=capfd)[0] == 0
+    after = json.loads(path.read_text())["cells"]
+    assert outputs(after[2]) != outputs(first[2])
+    assert outputs(after[5]) != outputs(first[5]), "the picture kept the committed run's"
+    assert outputs(after[1]) == outputs(first[1])  # what does not vary is the same anyway
+
+
 @pytest.mark.parametrize("source, said", [
     ("import sys\nprint('careful', file=sys.stderr)", "cell 3 ('import sys') wrote to stderr: careful"),
     ("1 / 0", "cell 3 ('1 / 0') raised ZeroDivisionError: division by zero"),

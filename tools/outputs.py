@@ -18,7 +18,9 @@ What is written is stable, so that after a run with nothing edited `git diff` sh
   equal the committed ones as nbval compares them (text, after notebooks/sanitize.cfg) keeps
   the committed outputs, pictures included: a plot of timings differs a little on every run.
   In a cell marked `# NBVAL_IGNORE_OUTPUT` (a measurement: times, rates) the numbers are not
-  compared either. Every other cell gets its new outputs.
+  compared either. Every other cell gets its new outputs. But once a measured cell gets new
+  outputs (it was edited, or what it prints changed), every cell does: the figures a
+  notebook shows, and the conclusions that quote them, come from one run.
 - `--fresh` (`make outputs FRESH=1`) stores every new output: use it when a change to a
   lesson script shows only in a picture or a measured number.
 """
@@ -185,18 +187,26 @@ def stabilise(stored, nb, head, patterns, fresh=False):
     """Drop what changes on every run though nothing was edited (see the module docstring)."""
     nb.metadata = stored.metadata
     before = {cell.get("id"): cell for cell in (head.cells if head else []) if cell.get("id")}
-    for cell in nb.cells:
+    kept = {}  # index of a cell -> the committed outputs it keeps
+    for i, cell in enumerate(nb.cells):
         cell.metadata.pop("execution", None)
         old = before.get(cell.get("id"))
-        if (fresh or cell.cell_type != "code" or old is None or old.cell_type != "code"
+        if (cell.cell_type != "code" or old is None or old.cell_type != "code"
                 or old.source != cell.source):
             continue
         numbers = not measured(cell)
         if comparable(old.outputs, patterns, numbers) == comparable(cell.outputs, patterns, numbers):
-            cell.outputs = copy.deepcopy(old.outputs)
-            for out in cell.outputs:  # a cell added above renumbers the ones below it
-                if out.output_type == "execute_result":
-                    out.execution_count = cell.execution_count
+            kept[i] = old.outputs
+    # A notebook's figures come from one run: once one measured cell takes its new outputs,
+    # every cell does, pictures included, so that no table or conclusion mixes two runs.
+    fresh = fresh or any(measured(cell) and i not in kept
+                         for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
+    for i, outputs in ({} if fresh else kept).items():
+        cell = nb.cells[i]
+        cell.outputs = copy.deepcopy(outputs)
+        for out in cell.outputs:  # a cell added above renumbers the ones below it
+            if out.output_type == "execute_result":
+                out.execution_count = cell.execution_count
     return nb
 
 
