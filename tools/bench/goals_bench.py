@@ -176,7 +176,7 @@ def http_goal(args):
             for contender in contenders:
                 contender.stop()
     print(f"\nHTTP, keep-alive, {args.connections} connections: lesson 11 / one nginx worker")
-    every, every_cpu, medians = [], [], {}
+    every, every_cpu, medians, limited = [], [], {}, False
     for gen in found:
         lesson, ceiling = got["lesson 11", gen], got["nginx", gen]
         both = [n for n in lesson if n in ceiling and ceiling[n][0] and ceiling[n][1]]
@@ -188,13 +188,21 @@ def http_goal(args):
         every += ratios
         every_cpu += cpu_ratios
         medians[gen] = statistics.median(ratios)
-        load = ", ".join(
-            f"{name} {statistics.median(r[0] for r in got[name, gen].values()):,.0f}/s "
-            f"(CPU {statistics.median(r[3] for r in got[name, gen].values()):.0%}, generator "
-            f"{statistics.median(r[2] for r in got[name, gen].values()):.0%})"
-            for name in names if got[name, gen])
+        load = []
+        for name in names:
+            if got[name, gen]:
+                rps, _, generator, server = (
+                    statistics.median(r[i] for r in got[name, gen].values()) for i in range(4))
+                busy = generator >= http_load.GENERATOR_LIMIT
+                limited = limited or busy
+                load.append(f"{name} {rps:,.0f}/s (CPU {server:.0%}, generator {generator:.0%}"
+                            + ("*)" if busy else ")"))
+        load = ", ".join(load)
         print(f"  by {gen:<7} requests/s {band(ratios)}; per server CPU-second "
               f"{band(cpu_ratios)}\n          medians: {load}")
+    if limited:
+        print("  * the load generator used most of its core: the server may be faster than "
+              "this;\n    the ratio per server CPU-second does not depend on it")
     if len(medians) == 2:
         (a_gen, a), (b_gen, b) = medians.items()
         print(f"  {b_gen}'s ratio over {a_gen}'s: {b / a:.2f}: "
