@@ -465,4 +465,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # every server has been stopped on the way out
+        sys.exit("http_bench: interrupted")
