@@ -510,6 +510,9 @@ async def serve_client(loop, sock, fd_freed, log):
             raise errors[0]  # a bug, not a client: let it be seen
         if errors:  # ECONNRESET, EPIPE...: this client is gone, the others go on
             why = errors[0].strerror
+    except asyncio.CancelledError:  # Ctrl-C or SIGTERM: serve() cancels every client
+        why = "server stopping"
+        raise  # cancelled it is: gather() in accept_forever counts on that
     finally:
         for task in tasks:
             task.cancel()

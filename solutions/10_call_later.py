@@ -6,6 +6,10 @@ loop sleeps in epoll_wait no longer than the nearest timer, then moves the timer
 due to the ready queue. The three places marked TODO are that, and asyncio.sleep, wait_for
 and every timeout rest on them. Check with `make check` (or
 `.venv/bin/python exercises/check.py 10`): it runs timing programs on your loop.
+Run it as the echo server it is, beside the lesson (its own port, 9020):
+
+    python3 exercises/10_call_later.py                # listening on 127.0.0.1:9020
+    python3 lessons/echo_client.py --port 9020
 
 Lesson 10 itself:
 
@@ -533,6 +537,9 @@ async def serve_client(loop, sock, fd_freed, log):
             raise errors[0]  # a bug, not a client: let it be seen
         if errors:  # ECONNRESET, EPIPE...: this client is gone, the others go on
             why = errors[0].strerror
+    except asyncio.CancelledError:  # Ctrl-C or SIGTERM: serve() cancels every client
+        why = "server stopping"
+        raise  # cancelled it is: gather() in accept_forever counts on that
     finally:
         for task in tasks:
             task.cancel()
@@ -600,7 +607,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description="Echo server on an asyncio loop built on epoll.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=9010, help="0 takes any free port")
+    parser.add_argument("--port", type=int, default=9020, help="0 takes any free port")
     parser.add_argument("--loop", choices=["epoll", "asyncio"], default="epoll",
                         help="run the same code on this file's loop (default) or asyncio's")
     parser.add_argument("--trace", action="store_true",

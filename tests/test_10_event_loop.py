@@ -296,3 +296,20 @@ def test_trace_shows_accepts_wakes_and_closes(start):
     server.wait_for_line("close fd")
     assert len(fd) == 1 and harness.reports_for(server.lines, fd[0], "IN") >= 1
     assert f"close fd {fd[0]}: client finished" in server.lines
+
+
+@pytest.mark.parametrize("loop_name", ["epoll", "asyncio"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_client_still_connected_when_the_server_stops_is_closed_for_that(start, loop_name,
+                                                                          signum):
+    # Ctrl-C cancels the client's task: the trace says the server is stopping, as every
+    # lesson does, not that the client finished (it did not).
+    server = start("10_event_loop.py", "--trace", "--loop", loop_name)
+    with server.connect() as sock:
+        harness.send_all(sock, b"hello")
+        assert harness.recv_exactly(sock, 5) == b"hello"
+        fd = harness.accepted_fds([server.wait_for_line("accept fd")])
+        harness.wait_in_epoll_wait(server)
+        assert server.stop(signum) == 0, server.output()
+    assert f"close fd {fd[0]}: server stopping" in server.lines, server.output()
+    assert not any("client finished" in line for line in server.lines), server.output()
