@@ -396,8 +396,8 @@ class Server:
         self.unregister(conn.fd)  # before close: afterwards the number means nothing
         conn.sock.close()
         self.resume_accept()  # an fd is free again
-        if self.count:  # the calls so far, each time a client leaves
-            print(calls_line(), flush=True)
+        if self.count and self.running:  # the calls so far, each time a client leaves
+            print(calls_line(), flush=True)  # (when stopping, once for all, on exit)
 
     def update_interest(self, conn):
         wanted = conn.wanted()
@@ -526,14 +526,17 @@ def parse_args():
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=9021, help="0 takes any free port")
-    parser.add_argument("--protocol", choices=["echo", "http"], default="echo")
+    parser.add_argument("--protocol", choices=["echo", "http"], default="echo",
+                        help="echo every byte back, or answer GET / (default echo)")
     parser.add_argument("--step", choices=STEPS, default=STEPS[-1],
                         help="optimisations up to this one (default: all of them)")
-    parser.add_argument("--trigger", choices=["level", "edge"], default="level")
+    parser.add_argument("--trigger", choices=["level", "edge"], default="level",
+                        help="level- or edge-triggered epoll, the same code (default level)")
     parser.add_argument("--processes", type=int, default=1, metavar="N",
                         help="N workers on one port with SO_REUSEPORT (default 1: no fork)")
     parser.add_argument("--count", action="store_true",
-                        help="on exit, print how many system calls of each kind were made")
+                        help="print the system calls of each kind made so far, each time "
+                        "a client leaves and on exit")
     parser.add_argument("--profile", metavar="FILE",
                         help="on exit, write a cProfile of the loop to FILE (one process)")
     parser.error = lambda message: fail(f"{message} (see --help)")

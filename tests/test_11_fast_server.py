@@ -275,3 +275,19 @@ def test_the_notebooks_conclusion_quotes_the_figures_shown_above():
                          r"at most ([\d.]+) us are Python") \
         == figures(ceilings, r"one core: at most ([\d,]+) messages/s")[:1] + figures(
             ceilings, r"CPU per message ([\d.]+) us, of which at most ([\d.]+) us is Python"), stored
+
+
+def test_count_prints_the_totals_once_when_stopped_with_clients_connected(start):
+    # Each client that leaves prints the calls so far; a stop closes the rest at once, and
+    # one line of totals, on exit, is what a reader wants then, not one per connection.
+    server = start(LESSON, "--count")
+    clients = [server.connect() for _ in range(3)]
+    for client in clients:
+        harness.send_all(client, b"ping")
+        assert harness.recv_exactly(client, 4) == b"ping"
+    harness.wait_in_epoll_wait(server)
+    assert server.stop(signal.SIGINT) == 0
+    for client in clients:
+        client.close()
+    totals = [line for line in server.lines if line.startswith("system calls:")]
+    assert len(totals) == 1, server.output()
