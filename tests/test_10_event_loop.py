@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -110,6 +111,23 @@ def test_waiting_for_a_timer_sleeps_in_epoll_wait(loop):
     assert 0.3 <= time.monotonic() - began < 2.0
     assert len(counting.timeouts) <= 3, f"{len(counting.timeouts)} calls to epoll_wait"
     assert 0.25 < counting.timeouts[0] <= 0.3
+
+
+def test_timers_already_due_run_at_once_without_a_negative_timeout(loop):
+    # A timer whose time has passed gives a negative "time until it is due"; epoll_wait
+    # takes any negative timeout as "forever", so the loop must floor it at 0. This test
+    # never lets a negative timeout reach the kernel: it would hang rather than fail.
+    class NoForever(CountingEpoll):
+        def poll(self, timeout=-1):
+            assert timeout >= 0, f"epoll_wait got the timeout {timeout} with a timer due"
+            return super().poll(timeout)
+    loop._epoll = counting = NoForever(loop._epoll)
+    log = []
+    loop.call_at(loop.time() - 1, log.append, "a second ago")
+    loop.call_at(loop.time(), log.append, "now")
+    loop.call_at(loop.time(), loop.stop)
+    loop.run_forever()
+    assert log == ["a second ago", "now"] and counting.timeouts == [0], counting.timeouts
 
 
 def test_a_cancelled_timer_does_not_wake_the_loop(loop):
@@ -313,3 +331,39 @@ def test_a_client_still_connected_when_the_server_stops_is_closed_for_that(start
         assert server.stop(signum) == 0, server.output()
     assert f"close fd {fd[0]}: server stopping" in server.lines, server.output()
     assert not any("client finished" in line for line in server.lines), server.output()
+
+
+# -- the exercise's check: it names the part that is missing -------------------------------
+
+def _load_check():
+    name = "lesson10_exercise_check"  # a dataclass needs its module in sys.modules
+    spec = importlib.util.spec_from_file_location(name, HERE.parent / "exercises" / "check.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return next(ex for ex in module.load_exercises() if ex.name.startswith("10_"))
+
+
+SOLUTION = (HERE.parent / "solutions" / "10_call_later.py").read_text(encoding="utf-8")
+TIMEOUT = "timeout = min(max(0.0, self._scheduled[0][0] - self.time()), MAX_SLEEP)"
+POP = "self._ready.append(heapq.heappop(self._scheduled)[2])  # due: run in this pass"
+PUSH = "heapq.heappush(self._scheduled, (when, next(self._sequence), timer))"
+
+
+@pytest.mark.parametrize("answer, wrong, says", [
+    (TIMEOUT, "timeout = self._scheduled[0][0] - self.time()",
+     ["the loop slept past a timer that was already due",
+      "a negative timeout means 'forever' to epoll_wait"]),
+    (TIMEOUT, "timeout = -1", ["with no timeout (-1, 'forever') while a timer was waiting"]),
+    (TIMEOUT, "timeout = 1.0", ["ran late"]),
+    (POP, "break", ["never ran a timer that was due"]),
+    (PUSH, "pass", ["call_later never runs the callback"]),
+], ids=["no floor at 0", "no timeout", "a fixed timeout", "no pop", "no push"])
+def test_the_exercise_check_says_which_part_is_wrong(tmp_path, answer, wrong, says):
+    assert SOLUTION.count(answer) == 1
+    exercise = _load_check()
+    (tmp_path / exercise.name).write_text(SOLUTION.replace(answer, wrong), encoding="utf-8")
+    began = time.monotonic()
+    ok, detail = exercise.run(tmp_path)
+    assert not ok and all(part in detail.splitlines()[0] for part in says), detail
+    assert time.monotonic() - began < 20  # a loop that would sleep forever is stopped
+
