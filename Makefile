@@ -8,7 +8,7 @@ READY  := $(VENV)/.pins-installed
 
 .PHONY: lab test check bench slides html outputs tables wheelhouse help
 help:
-	@echo "make lab    open JupyterLab on notebooks/ (prints the URL)"
+	@echo "make lab    open JupyterLab on the workbook, at notebooks/ (prints the URL)"
 	@echo "make test   run every test and every notebook (nbval, strict)"
 	@echo "make check  which exercises pass, and a hint for the first that does not (make check 04: exercise 04 alone)"
 	@echo "make bench  benchmarks: echo (lessons 01, 02, asyncio, uvloop), HTTP (lesson 04, uvicorn, ...), lesson 11's goals (uvloop, nginx), workers (lesson 08), loop layers (lesson 10)"
@@ -40,8 +40,11 @@ $(READY): requirements.txt
 # Jupyter refuses to run as root (as in many containers) unless told it may.
 ROOT_OK := $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# The lab's root is the workbook, so that exercises/, solutions/ and lessons/ open beside the
+# notebooks; it opens on notebooks/. A kernel still starts in its notebook's own folder, where
+# `import harness` finds the harness.
 lab: $(READY)
-	$(BIN)/jupyter lab --no-browser --notebook-dir=notebooks $(ROOT_OK) $(LAB_ARGS)
+	$(BIN)/jupyter lab --no-browser --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks $(ROOT_OK) $(LAB_ARGS)
 
 test: $(READY)
 	$(BIN)/python -m pytest

@@ -1,9 +1,11 @@
 """Lesson 01 as a learner meets it: `make lab`, JupyterLab in a real browser, Run All Cells.
 
 The lab is started by the Makefile's own `lab` recipe (with `-o`, so that make takes `.venv`
-as it is and never rebuilds it) on a free port, with a token, in a scratch copy of the lesson
-and the harness, so that nothing JupyterLab saves lands in the workbook. Debian's headless
-Chromium, driven over the DevTools protocol as the export tests drive it, opens notebook 01,
+as it is and never rebuilds it) on a free port, with a token, in a scratch copy of the lesson,
+the harness and the exercises, so that nothing JupyterLab saves lands in the workbook. Its
+root is that copy: the exercises are reachable through the lab's contents API, as the
+notebook's last cell needs. Debian's headless Chromium, driven over the DevTools protocol as
+the export tests drive it, opens notebook 01, whose kernel must run in the notebooks folder,
 runs every cell through JupyterLab's own command and waits (bounded) for the kernel to go
 idle. Each cell's rendered output must then say what the committed notebook says (compared
 as nbval compares it, through notebooks/sanitize.cfg), with no error and nothing on stderr.
@@ -20,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -124,6 +127,25 @@ def processes_marked(marker):
     return found
 
 
+def cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
+def answering(ask, *args):
+    """ask(*args), or None while the server is not yet listening."""
+    try:
+        return ask(*args)
+    except urllib.error.URLError as error:
+        if isinstance(error, urllib.error.HTTPError):
+            raise
+        return None
+    except ConnectionError:
+        return None
+
+
 def describe(pids):
     lines = []
     for pid in pids:
@@ -135,12 +157,13 @@ def describe(pids):
 
 
 def scratch_workbook(folder):
-    """Lesson 01's notebook, the harness and the lessons, with `.venv` the environment that
-    runs these tests (the workbook's own .venv under `make test`)."""
+    """Lesson 01's notebook, the harness, the lessons and the exercises, with `.venv` the
+    environment that runs these tests (the workbook's own .venv under `make test`)."""
     (folder / "notebooks").mkdir(parents=True)
     shutil.copy2(NOTEBOOK, folder / "notebooks")
     shutil.copy2(ROOT / "notebooks" / "harness.py", folder / "notebooks")
-    shutil.copytree(ROOT / "lessons", folder / "lessons", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("lessons", "exercises"):
+        shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     (folder / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     return folder
 
@@ -178,9 +201,23 @@ def test_lesson_01_runs_in_jupyterlab_in_a_browser(tmp_path):
         assert lab.poll() is None, f"make lab exited:\n{(tmp_path / 'lab.log').read_text()}"
         server = json.loads(info.read_text())
         base = f"http://127.0.0.1:{server['port']}/"
-        assert server["token"] == token and server["root_dir"] == str(work / "notebooks")
+        assert server["token"] == token and server["root_dir"] == str(work)
 
-        requested = browser.goto(f"{base}lab/tree/{NOTEBOOK.name}?token={token}")
+        # The exercise the notebook's last cell names, as JupyterLab's file browser lists it
+        # and its editor opens it: through the contents API, from the lab's root.
+        def contents(path):
+            request = urllib.request.Request(f"{base}api/contents/{path}",
+                                             headers={"Authorization": f"token {token}"})
+            with urllib.request.urlopen(request, timeout=START_TIMEOUT) as answer:
+                return json.load(answer)
+
+        exercise = next((work / "exercises").glob("01_*.py"))
+        listed = wait_for(lambda: answering(contents, "exercises"), START_TIMEOUT, "the lab answering")
+        assert exercise.name in {item["name"] for item in listed["content"]}, listed
+        opened = contents(f"exercises/{exercise.name}")
+        assert opened["content"] == exercise.read_text(encoding="utf-8")
+
+        requested = browser.goto(f"{base}lab/tree/notebooks/{NOTEBOOK.name}?token={token}")
         # The notebook open, its kernel started and idle.
         path = evaluate_across_reloads(browser, f"""(async () => {{ {UNTIL}
             await until('JupyterLab', () => window.jupyterapp, {START_TIMEOUT * 1000});
@@ -193,7 +230,12 @@ def test_lesson_01_runs_in_jupyterlab_in_a_browser(tmp_path):
             await until('an idle kernel', () => panel.sessionContext.session?.kernel?.status === 'idle',
                         {START_TIMEOUT * 1000});
             return panel.context.path; }})()""", START_TIMEOUT)
-        assert path == NOTEBOOK.name
+        assert path == f"notebooks/{NOTEBOOK.name}"
+        # The kernel runs in the notebook's folder, as under nbval: `import harness` and the
+        # notebook's relative paths depend on it.
+        kernels = [pid for pid in processes_marked(marker) if b"ipykernel" in cmdline(pid)]
+        assert kernels, f"no kernel among {describe(processes_marked(marker))}"
+        assert {os.readlink(f"/proc/{pid}/cwd") for pid in kernels} == {str(work / "notebooks")}
 
         # Run All Cells, as the Run menu does; the command's promise ends with the last cell.
         started = time.monotonic()

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -28,7 +29,10 @@ def test_conda_route_uses_the_same_pins():
     assert "-r requirements.txt" in (ROOT / "environment.yml").read_text()
 
 
-def test_make_lab_serves_the_notebooks(tmp_path):
+def test_make_lab_serves_the_workbook_and_opens_on_the_notebooks(tmp_path):
+    """`make lab`'s root is the workbook, so that a learner opens and edits exercises/ (each
+    notebook's last cell sends them there), solutions/ and lessons/ in JupyterLab; the URL it
+    prints, and its default page, open the notebooks folder."""
     token = "workbook-test"
     log = tmp_path / "lab.log"
     with open(log, "w") as sink:
@@ -38,22 +42,40 @@ def test_make_lab_serves_the_notebooks(tmp_path):
             start_new_session=True)
     try:
         def url_printed():
-            match = re.search(r"(http://127\.0\.0\.1:\d+)/lab", log.read_text())
-            return match and match.group(1)
+            match = re.search(r"(http://127\.0\.0\.1:\d+)(/lab\S*)\?token=", log.read_text())
+            return match and match.groups()
 
-        url = harness.wait_until(url_printed, timeout=60, what="JupyterLab printing its URL")
-        request = urllib.request.Request(f"{url}/api/contents",
-                                         headers={"Authorization": f"token {token}"})
+        url, page = harness.wait_until(url_printed, timeout=60, what="JupyterLab printing its URL")
+        assert page == "/lab/tree/notebooks", f"make lab prints {url}{page}, not the notebooks folder"
 
-        def listing():
+        def listing(folder):
+            request = urllib.request.Request(f"{url}/api/contents/{folder}",
+                                             headers={"Authorization": f"token {token}"})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return {item["name"] for item in json.load(response)["content"]}
+
+        def answering():
             try:
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    return {item["name"] for item in json.load(response)["content"]}
+                return listing("")
             except OSError:  # printed its URL a moment before it listens
                 return None
 
-        listed = harness.wait_until(listing, timeout=30, what="JupyterLab answering")
-        assert {nb.name for nb in NOTEBOOKS} <= listed
+        top = harness.wait_until(answering, timeout=30, what="JupyterLab answering")
+        assert {"notebooks", "exercises", "solutions", "lessons"} <= top, top
+        assert {nb.name for nb in NOTEBOOKS} <= listing("notebooks")
+        exercises = {path.name for path in (ROOT / "solutions").glob("[0-9][0-9]_*.py")}
+        assert exercises and exercises <= listing("exercises"), "the exercises cannot be opened"
+
+        class Stay(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):
+                return None  # look at the redirect itself
+
+        try:
+            urllib.request.build_opener(Stay).open(f"{url}/?token={token}", timeout=5)
+            raise AssertionError("the lab's front page does not redirect")
+        except urllib.error.HTTPError as answer:
+            assert answer.code == 302 and answer.headers["Location"].startswith("/lab/tree/notebooks"), \
+                f"the lab opens on {answer.headers['Location']}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
