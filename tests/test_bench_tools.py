@@ -1,7 +1,8 @@
 """The HTTP benchmarks' tooling (tools/bench/http_bench.py, http_load.py): what can be checked
 without a long run. A user's mistake gets one line; both load generators' output is read
 right; an answer that is wrong (a short body, a status other than 200) is reported by each
-generator and not counted; a one-second run against lesson 04 prints its figure.
+generator and not counted; a server's CPU counts its threads that have ended; a one-second
+run against lesson 04 prints its figure.
 
 The speed figures themselves are not tested: benchmarks assert nothing about speed. h2load
 (nghttp2-client) is not among the tools the tests need (.ci/tools.txt): its cases skip, with
