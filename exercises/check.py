@@ -9,7 +9,8 @@ never reads, a half-close, garbage bytes), which no server may let crash it, los
 grow without bound, or stop serving the others.
 
     make check                      # every exercise, in order
-    .venv/bin/python exercises/check.py 01    # only the ones whose name starts with 01
+    make check 04                   # exercise 04 alone (4 means 04 too)
+    .venv/bin/python exercises/check.py 04    # the same: the ones whose name starts with 04
     .venv/bin/python exercises/check.py --solutions   # the same checks against solutions/
     python tools/exercises.py --write 03    # start exercise 03 over (your changes are lost)
 """
@@ -117,6 +118,11 @@ def load_exercises() -> list[Exercise]:
     return found
 
 
+def two_digits(name: str) -> str:
+    """4 is exercise 04: the files are numbered with two digits."""
+    return f"0{name}" if len(name) == 1 and name.isdigit() else name
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Check the workbook's exercises.")
     parser.add_argument("names", nargs="*", help="only exercises whose name starts so")
@@ -127,11 +133,16 @@ def main() -> int:
                        help="check the files of the same names in DIR instead")
     args = parser.parse_args()
     folder = ROOT / "solutions" if args.solutions else args.dir or HERE
-    chosen = [ex for ex in load_exercises()
-              if not args.names or any(ex.name.startswith(n) for n in args.names)]
-    if not chosen:
-        print(f"no exercise matches {' '.join(args.names)}", file=sys.stderr)
+    exercises = load_exercises()
+    names = [two_digits(name) for name in args.names]
+    unknown = [given for given, name in zip(args.names, names)
+               if not any(ex.name.startswith(name) for ex in exercises)]
+    if unknown:
+        print(f"no exercise matches {' '.join(unknown)}; the exercises are "
+              f"{', '.join(ex.name.removesuffix('.py') for ex in exercises)} "
+              f"(give a number, such as 04, or the start of a name)", file=sys.stderr)
         return 2
+    chosen = [ex for ex in exercises if not names or any(ex.name.startswith(n) for n in names)]
     failed = []
     try:
         for ex in chosen:

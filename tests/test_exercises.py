@@ -188,6 +188,21 @@ def test_make_check_with_a_number_checks_that_exercise_alone():
     assert "No rule to make target" not in result.stderr
 
 
+def test_a_one_digit_number_is_its_two_digit_exercise():
+    status, out, err = run_check("--solutions", "4")
+    named = [line.split()[1] for line in out.splitlines() if line.startswith(("pass  ", "FAIL  "))]
+    assert (status, named, err) == (0, ["04_max_requests.py"], ""), out + err
+
+
+@pytest.mark.parametrize("names", [["12"], ["04", "12"], ["x"]], ids=["12", "04-12", "x"])
+def test_a_number_that_matches_nothing_lists_the_exercises(names):
+    status, out, err = run_check("--solutions", *names)
+    assert status == 2 and out == "", out  # nothing checked, not even the ones that match
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"no exercise matches {names[-1]}; "), err
+    assert all(ex.name.removesuffix(".py") in lines[0] for ex in EXERCISES), err
+
+
 @pytest.mark.parametrize("source, says", [
     ("def main(:\n    pass\n", "03_drain_recv.py, line 1: "),
     ("if True:\npass\n", "expected an indented block"),
