@@ -265,3 +265,26 @@ def test_flags_that_do_not_go_together_are_one_clear_line(args):
     result = harness.run(LESSON, "--port", "0", *args)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- the exercise's check ----------------------------------------------------------------------
+
+def test_the_exercise_check_reports_a_crash_first_and_at_once(tmp_path):
+    # `register` where `modify` belongs: EEXIST ends a thread, and the thread ends the server.
+    # The check says so on its first line, not that some wait or echo timed out.
+    name = "lesson08_exercise_check"  # a dataclass needs its module in sys.modules
+    spec = importlib.util.spec_from_file_location(name, harness.ROOT / "exercises" / "check.py")
+    check = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    exercise = next(ex for ex in check.load_exercises() if ex.name.startswith("08_"))
+    solution = (harness.ROOT / "solutions" / exercise.name).read_text(encoding="utf-8")
+    rearm = "        self.epoll.modify(fd, wanted | self.client_flags)\n        # end of the answer"
+    assert solution.count(rearm) == 1
+    (tmp_path / exercise.name).write_text(solution.replace(rearm, rearm.replace("modify",
+                                                                                "register")))
+    began = time.monotonic()
+    ok, detail = exercise.run(tmp_path)
+    first = detail.splitlines()[0]
+    assert not ok and "your server crashed: FileExistsError" in first, detail
+    assert "(line " in first and "in update_interest)" in first, detail
+    assert time.monotonic() - began < 4.0, "the crash was reported only after a wait ran out"

@@ -22,13 +22,13 @@ def HOSTILE(script):  # the lesson's rude clients, run after check() passes
 def _idle(server):
     """Wait (bounded) until every thread of the server sleeps in epoll_wait: whatever the
     client sends next arrives while nobody is busy with this connection."""
-    harness.wait_until(lambda: harness.every_thread_in_epoll_wait(server.pid),
-                       timeout=hostile.SETTLE, what="every thread of the server in epoll_wait")
+    harness.wait_until(  # or it has died: crash_first then says so, not this wait
+        lambda: harness.gone(server.pid) or harness.every_thread_in_epoll_wait(server.pid),
+        timeout=hostile.SETTLE, what="every thread of the server in epoll_wait")
 
 
 def _silent(server, fd, sent, echoed):
     """The message for a connection that went silent, with what the trace says of it."""
-    server.stop()
     about = [line for line in server.lines if not line.startswith("stopping")
              and (line.endswith(f" fd {fd}") or f" fd {fd}:" in line)]
     trace = "\n    ".join(about[-6:]) or "(nothing)"
@@ -41,32 +41,39 @@ def _silent(server, fd, sent, echoed):
 
 
 def check(script):
+    # A server that dies is reported as the crash it is, first, with its exception
+    # (hostile.crash_first), not as the wait or the echo that its death cut short.
     with harness.start(script, "--trace") as server:
         with server.connect() as sock:
             fd = int(server.wait_for_line(": accept fd ").rpartition(" ")[2])
             for number, message in enumerate(MESSAGES, 1):
-                _idle(server)
-                harness.send_all(sock, message)
-                echoed = harness.recv_until_quiet(sock, timeout=5)
-                if echoed != message:
-                    if number == 1:
+                with hostile.crash_first(server, f"while a client sent {len(MESSAGES)} "
+                                                 "messages one at a time (at message "
+                                                 f"{number}, {message!r})"):
+                    _idle(server)
+                    harness.send_all(sock, message)
+                    echoed = harness.recv_until_quiet(sock, timeout=5)
+                    if echoed != message and number == 1:
                         raise AssertionError(
                             f"a client's first message ({message!r}) came back as {echoed!r}: "
                             "the echo itself must still work")
-                    raise AssertionError(_silent(server, fd, number, echoed))
+                    if echoed != message:
+                        raise AssertionError(_silent(server, fd, number, echoed))
         payload = os.urandom(300_000)  # arrives in many pieces: each one a report, or none
-        try:
-            got = harness.exchange(server.address, [payload], half_close=True, timeout=5)[0]
-        except harness.Stalled as e:
-            raise AssertionError(
-                f"a client that sent 300000 bytes and half-closed got {len(e.received)} back "
-                "and no close within 5 s: its later pieces were never reported") from None
-        assert got == payload, "a half-closed client must get every byte back, then EOF"
-        _idle(server)
-        before = server.cpu_seconds()
-        time.sleep(0.3)  # a measuring window, not synchronisation
-        busy = server.cpu_seconds() - before
-        assert busy < 0.1, f"the idle server used {busy:.2f} s of CPU in 0.3 s"
+        with hostile.crash_first(server, "a client sent 300000 bytes and half-closed"):
+            try:
+                got = harness.exchange(server.address, [payload], half_close=True, timeout=5)[0]
+            except harness.Stalled as e:
+                raise AssertionError(
+                    f"a client that sent 300000 bytes and half-closed got {len(e.received)} "
+                    "back and no close within 5 s: its later pieces were never reported") from None
+            assert got == payload, "a half-closed client must get every byte back, then EOF"
+        with hostile.crash_first(server, "the server was left idle"):
+            _idle(server)
+            before = server.cpu_seconds()
+            time.sleep(0.3)  # a measuring window, not synchronisation
+            busy = server.cpu_seconds() - before
+            assert busy < 0.1, f"the idle server used {busy:.2f} s of CPU in 0.3 s"
         assert server.stop() == 0, "the server should exit with status 0 on SIGTERM"
     return (f"{len(MESSAGES)} messages on one connection, each sent while every thread slept, "
             "each echoed; 300000 bytes in many pieces and a half-close: all back, then EOF")

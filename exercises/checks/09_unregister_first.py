@@ -1,6 +1,5 @@
 """Exercise 09: unregister before close (lesson 09, the interest list's fine print)."""
 
-import contextlib
 import os
 import signal
 
@@ -18,30 +17,8 @@ HINT = ("In close(), call self.epoll.unregister(fd) first and conn.sock.close() 
 SNAPSHOT = "3"  # seconds the snapshot child lives: longer than this check needs
 
 
-DYING = 1.0  # seconds a server that has crashed may take to print its traceback and exit
-
-
-def exits(server, timeout):
-    """Wait (bounded) until the server has exited; whether it has."""
-    with contextlib.suppress(harness.Stalled):
-        harness.wait_until(lambda: harness.gone(server.pid), timeout=timeout,
-                           what="a crashed server exiting")
-    return harness.gone(server.pid)
-
-
-@contextlib.contextmanager
-def crash_first(server, did):
-    """A failure inside the block is reported as the crash it is when the server died: one
-    message, its exception first (check.py adds the last lines the server printed), not a
-    symptom of the crash such as an echo that never came or a wait it never went back to."""
-    try:
-        yield
-    except (AssertionError, harness.Stalled, OSError):
-        # A client sees a dying server's sockets closed before the server has exited.
-        if exits(server, DYING):
-            raise AssertionError(f"{did}, and your server crashed: "
-                                 f"{hostile.crash_summary(server)}") from None
-        raise
+# A crash is reported as a crash, first: hostile.py holds the one version of this.
+DYING, exits, crash_first = hostile.DYING, hostile.exits, hostile.crash_first
 
 
 def check(script):

@@ -10,6 +10,7 @@ BrokenBy says which client did what, and what went wrong, in one sentence.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -60,6 +61,32 @@ def crash_summary(server: harness.Server) -> str:
             where = f" (line {number}, in {function})"
             break
     return lines[-1].strip() + where
+
+
+DYING = 1.0  # seconds a server that has crashed may take to print its traceback and exit
+
+
+def exits(server: harness.Server, timeout: float) -> bool:
+    """Wait (bounded) until the server has exited; whether it has."""
+    with contextlib.suppress(harness.Stalled):
+        harness.wait_until(lambda: harness.gone(server.pid), timeout=timeout,
+                           what="a crashed server exiting")
+    return harness.gone(server.pid)
+
+
+@contextlib.contextmanager
+def crash_first(server: harness.Server, did: str):
+    """A failure inside the block is reported as the crash it is when the server died: one
+    message, its exception first (check.py adds the last lines the server printed), not a
+    symptom of the crash such as an echo that never came or a wait it never went back to."""
+    try:
+        yield
+    except (AssertionError, harness.Stalled, OSError):
+        # A client sees a dying server's sockets closed before the server has exited.
+        if exits(server, DYING):
+            raise AssertionError(f"{did}, and your server crashed: "
+                                 f"{crash_summary(server)}") from None
+        raise
 
 
 def alive(server: harness.Server, did: str) -> None:
