@@ -735,11 +735,26 @@ def parse_args():
     parser = argparse.ArgumentParser(
         description="Lesson 09: the interest list's fine print, and waking a loop. "
                     "Each sub-command shows one thing and says what it saw.")
-    parser.error = lambda message: fail(f"{message} (see --help)")
     network = argparse.ArgumentParser(add_help=False)
     network.add_argument("--host", default="127.0.0.1",
                          help="address to listen on (default 127.0.0.1: this machine only)")
     network.add_argument("--port", type=int, default=9009, help="0 takes any free port")
+    # The one line a wrong or missing demonstration gets: which exist, and how to run one.
+    # A flag first (`--port 9009`) makes its value look like the demonstration's name.
+    listens = f"python3 {sys.argv[0]} rdhup --port {network.get_default('port')}"
+    how = (f"choose one of {', '.join(DEMOS)} and name it first: python3 {sys.argv[0]} DEMO, "
+           f"e.g. {listens} (rdhup is the one that listens; see --help)")
+
+    def mistake(message):
+        if message.startswith("argument DEMO:"):  # argparse's "invalid choice"
+            given = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+            fail(f"{given!r} is not a demonstration; {how}")
+        flags = {word.partition("=")[0] for word in message.split()}
+        if message.startswith("unrecognized arguments") and flags & {"--port", "--host"}:
+            fail(f"{message}: only rdhup listens, e.g. {listens} (see --help)")
+        fail(f"{message} (see --help)")
+
+    parser.error = mistake
     demos = parser.add_subparsers(dest="demo", metavar="DEMO", title="demonstrations")
     for name, (_, summary) in DEMOS.items():
         sub = demos.add_parser(name, help=summary, description=summary,
@@ -757,7 +772,7 @@ def parse_args():
                              help="ticks per way (default 10)")
     args = parser.parse_args()
     if args.demo is None:
-        fail(f"choose a demonstration: {', '.join(DEMOS)} (see --help)")
+        fail(f"no demonstration given; {how}")
     if args.demo == "rdhup" and not 0 <= args.port <= 65535:
         fail(f"--port must be between 0 and 65535, not {args.port}")
     return args

@@ -46,8 +46,8 @@ def test_help_lists_every_demonstration():
 
 
 @pytest.mark.parametrize("args, says", [
-    ([], "choose a demonstration"),
-    (["bogus"], "invalid choice"),
+    ([], "no demonstration given"),
+    (["bogus"], "'bogus' is not a demonstration"),
     (["wake", "--rounds", "0"], "must be more than 0"),
     (["wake", "--ways", "smoke"], "invalid choice"),
     (["timers", "--period", "soon"], "not a number"),
@@ -58,6 +58,23 @@ def test_a_mistake_is_one_line_and_status_2(args, says):
     assert result.returncode == 2, result
     assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
     assert says in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["--port", "9009"], ["bogus"]], ids=["nothing", "port-first", "unknown"])
+def test_a_missing_or_wrong_demonstration_says_which_exist_and_how_to_run_one(args):
+    # `--port 9009` alone, as for the server lessons: its value is taken for the demonstration.
+    result = harness.run(SCRIPT, *args)
+    assert result.returncode == 2 and result.stdout == "", result
+    [line] = result.stderr.splitlines()
+    assert "Traceback" not in line and "invalid choice" not in line, line
+    assert re.search(r"choose one of dup-close, .*timers\b", line) and all(name in line for name in DEMOS)
+    assert f"{SCRIPT} rdhup --port 9009" in line, line  # how to run the one that listens
+
+
+def test_port_for_a_demonstration_that_does_not_listen_names_the_one_that_does():
+    result = harness.run(SCRIPT, "dup-close", "--port", "9009")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "only rdhup listens" in result.stderr and f"{SCRIPT} rdhup --port 9009" in result.stderr
 
 
 def test_a_port_in_use_is_one_line_and_status_2():
