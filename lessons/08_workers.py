@@ -54,9 +54,11 @@ address and port. Nobody is woken for somebody else's client, and the spread is 
 the hash does not know how busy a worker is: clients hashed to a busy worker wait for it.
 
 The workers are supervised. SIGTERM or SIGINT to the parent stops every worker (SIGTERM),
-waits for them, and exits with status 0. A worker that dies is reported ("worker K (pid P)
-died: ..."). Each worker asks the kernel for SIGKILL when its parent dies (prctl
-PR_SET_PDEATHSIG), so no worker outlives the parent, even a parent killed with SIGKILL.
+waits for them, and exits with status 0. A worker ignores SIGINT: Ctrl-C in a terminal
+signals the whole process group, and the workers wait for their parent's SIGTERM. A worker
+that dies is reported ("worker K (pid P) died: ..."). Each worker asks the kernel for
+SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG), so no worker outlives the parent,
+even a parent killed with SIGKILL.
 
 --trace prints what each thread or worker does: "thread K: ..." or "worker K: ...", one line
 per wake-up, accept, read, re-arm, close. See epoll(7), epoll_ctl(2), socket(7).
@@ -430,8 +432,12 @@ def worker(index, listener, args, parent):
     status = 0
     try:
         die_with_parent(parent)
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, lambda *_: None)
+        # Ctrl-C in a terminal sends SIGINT to the whole process group: to every worker as
+        # well as the parent. A worker leaves stopping to its supervisor: it ignores SIGINT
+        # and stops on the parent's SIGTERM, so Ctrl-C stops the workers the one supervised
+        # way, not each on its own (which the parent would report as a death).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: None)  # the wake-up fd does the work
         # Its own epoll instance, made after fork: an instance made before fork would be
         # one instance shared by every worker, not one each.
         server = EchoServer(listener, trace=args.trace, recv_size=args.recv_size,

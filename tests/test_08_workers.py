@@ -213,6 +213,37 @@ def test_a_crashed_worker_is_reported_and_the_others_serve_on(start):
     assert server.stop() == 0
 
 
+def own_process_group(tmp_path):
+    """A launcher that puts the lesson in a session and process group of its own before it
+    runs, as a shell does for a job: the test can then signal the group as Ctrl-C does
+    without signalling itself."""
+    launcher = tmp_path / "own_group.py"
+    launcher.write_text("import os, sys\nos.setsid()\nos.execv(sys.executable, [sys.executable, "
+                        f"'-u', {str(harness.script_path(LESSON))!r}, *sys.argv[1:]])\n")
+    return launcher
+
+
+def test_ctrl_c_to_the_process_group_stops_every_worker_cleanly_and_a_kill_is_reported(
+        start, tmp_path):
+    # Ctrl-C signals the whole group, workers too. A worker that stopped on that SIGINT by
+    # itself would be reported as dead ("exit status 0") before the parent asks it to stop;
+    # a worker ignores SIGINT and waits for the parent's SIGTERM. A real death still shows.
+    server = start(own_process_group(tmp_path), "--processes", "3")
+    assert os.getpgid(server.pid) == server.pid != os.getpgid(0)
+    pids = harness.worker_pids(server, 3)
+    os.kill(pids[1], signal.SIGKILL)
+    assert server.wait_for_line("died") == f"worker 1 (pid {pids[1]}) died: killed by SIGKILL"
+    for index in (0, 2):
+        assert harness.asleep_in_epoll(pids[index]), f"worker {index} never slept in epoll_wait"
+    os.killpg(server.pid, signal.SIGINT)
+    assert server.proc.wait(timeout=5) == 0, server.output()
+    server.stop()
+    assert [line for line in server.lines if "died" in line or "stopped:" in line] == \
+        [f"worker 1 (pid {pids[1]}) died: killed by SIGKILL"], server.output()
+    assert server.lines[-1] == "every worker stopped cleanly", server.output()
+    assert gone_within(pids.values(), 1.0)
+
+
 def test_no_worker_outlives_a_parent_killed_with_sigkill(start):
     # The parent gets no chance to stop anyone. One worker is stopped (SIGSTOP) too, as a
     # worker stopped in a debugger would be: it could not act on any signal but SIGKILL.
