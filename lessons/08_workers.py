@@ -38,10 +38,12 @@ processes.
 --processes N: the parent makes the listening socket, starts N worker processes and then
 only supervises them. Each worker has its own epoll instance, and the listener in each.
 Every client wakes every worker sleeping on that listener (the thundering herd); one wins
-the accept, the rest go back to sleep. Today's kernels hide most of it from the workers
-themselves: a woken epoll_wait checks again, finds the listener empty, and sleeps again
-without returning, so the herd shows in the kernel's count of each worker's wake-ups
-(voluntary_ctxt_switches in /proc/PID/status), not in the trace.
+the accept, the rest go back to sleep. The trace shows only part of the herd: a woken
+epoll_wait checks the listener again before it returns, and one that finds the queue
+already empty goes back to sleep inside the kernel without returning. Only the workers
+that return in time print a line ("accept: nothing waiting (another took it)"); the whole
+herd shows in the kernel's count of each worker's wake-ups (voluntary_ctxt_switches in
+/proc/PID/status).
 
 --exclusive registers the listener with EPOLLEXCLUSIVE (Linux 4.5, EPOLL_CTL_ADD only): a
 client wakes one or more of the waiting workers instead of all (epoll_ctl(2)). It promises
