@@ -4,8 +4,14 @@
 This is lesson 01's level-triggered echo server with one new flag, --max-conns N. Make it
 keep its promise: while N clients are connected, a new client receives REFUSAL and is
 closed, and the clients already connected go on being served. Change the lines marked TODO
-in exercises/01_connection_limit.py, then run `make check`. The finished version is
+in exercises/01_connection_limit.py, then run `make check 01` (or
+`.venv/bin/python exercises/check.py 01`). The finished version is
 solutions/01_connection_limit.py, with the starting point's lines beside the answer.
+
+The exercise listens on a port of its own, 9011, so that it can run beside the lesson:
+
+    python3 exercises/01_connection_limit.py --max-conns 1    # listening on 127.0.0.1:9011
+    python3 lessons/echo_client.py --port 9011     # in two more terminals: the second is refused
 
 The rest of lesson 01's description follows.
 
@@ -266,7 +272,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description="Echo server on level-triggered epoll.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=9001, help="0 takes any free port")
+    parser.add_argument("--port", type=int, default=9011, help="0 takes any free port")
     parser.add_argument("--trace", action="store_true",
                         help="print every wake-up of the loop and every interest change")
     parser.add_argument("--recv-size", type=int, default=RECV_SIZE, metavar="N",

@@ -7,9 +7,15 @@ stops it, print one last line on stdout, exactly like
     served 3 connections, echoed 6000 bytes
 
 (the connections it accepted, and the bytes the kernel took from its send() calls). Change
-the lines marked TODO in exercises/02_shutdown_report.py, then run `make check`. The
-finished version is solutions/02_shutdown_report.py, with the starting point's lines beside
-each answer.
+the lines marked TODO in exercises/02_shutdown_report.py, then run `make check 02` (or
+`.venv/bin/python exercises/check.py 02`). The finished version is
+solutions/02_shutdown_report.py, with the starting point's lines beside each answer.
+
+The exercise listens on a port of its own, 9012, so that it can run beside the lesson:
+
+    python3 exercises/02_shutdown_report.py        # listening on 127.0.0.1:9012
+    python3 lessons/echo_client.py --port 9012 --bytes 2000 --clients 3
+    # then Ctrl-C the server: its last line is the report
 
 The rest of lesson 02's description follows.
 
@@ -318,7 +324,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description="Echo server on edge-triggered epoll.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=9002, help="0 takes any free port")
+    parser.add_argument("--port", type=int, default=9012, help="0 takes any free port")
     parser.add_argument("--trace", action="store_true",
                         help="print every wake-up of the loop and every interest change")
     parser.add_argument("--recv-size", type=int, default=RECV_SIZE, metavar="N",

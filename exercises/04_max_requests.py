@@ -4,9 +4,15 @@
 Your task: with --max-requests N (N > 0), answer the N-th request on a connection with
 `Connection: close` and then end that connection, as nginx's keepalive_requests does, so
 that no client holds one connection forever. 0, the default, means no limit. The lines to
-change are marked TODO in exercises/04_max_requests.py; `make check` tells you when it
-works. solutions/04_max_requests.py is the finished version, with the starting point's lines
-beside the answer.
+change are marked TODO in exercises/04_max_requests.py; `make check 04` (or
+`.venv/bin/python exercises/check.py 04`) tells you when it works.
+solutions/04_max_requests.py is the finished version, with the starting point's lines beside
+the answer. The exercise listens on a port of its own, 9014, so that it can run beside the
+lesson; with --max-requests 2, curl's second answer says `Connection: close`, and its third
+request needs a new connection:
+
+    python3 exercises/04_max_requests.py --max-requests 2    # listening on 127.0.0.1:9014
+    curl -v http://127.0.0.1:9014/ http://127.0.0.1:9014/ http://127.0.0.1:9014/
 
 Lesson 04 says the rest:
 
@@ -472,7 +478,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description="HTTP/1.1 responder on epoll.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=9004, help="0 takes any free port")
+    parser.add_argument("--port", type=int, default=9014, help="0 takes any free port")
     parser.add_argument("--trace", action="store_true", help="print a line per answered request")
     parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="S",
                         help=f"close a connection idle for S seconds (default {IDLE_TIMEOUT:g})")

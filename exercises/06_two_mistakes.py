@@ -3,11 +3,14 @@
 
 Lesson 06 ran each mistake of the classic epoll tutorials with the client that exposes it.
 This server is in their shape (level-triggered, one recv per event), and two of those
-mistakes are still in it, each at a line marked TODO. Find them, fix them, and check:
+mistakes are still in it, each at a line marked TODO. Find them, fix them, and check with
+`make check 06` (or `.venv/bin/python exercises/check.py 06`). The check runs lesson 06's
+clients against your server and names each mistake it still sees.
 
-    python exercises/check.py 06
+The exercise listens on a port of its own, 9016, so that it can run beside the lesson:
 
-The check runs lesson 06's clients against your server and names each mistake it still sees.
+    python3 exercises/06_two_mistakes.py               # listening on 127.0.0.1:9016
+    python3 lessons/echo_client.py --port 9016         # in another terminal
 """
 
 import argparse
@@ -164,7 +167,7 @@ def stop(signum, frame):
 def main():
     parser = argparse.ArgumentParser(description="A tutorial-style echo server to fix.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=9006, help="0 takes any free port")
+    parser.add_argument("--port", type=int, default=9016, help="0 takes any free port")
     parser.error = lambda message: fail(f"{message} (see --help)")
     args = parser.parse_args()
     listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)

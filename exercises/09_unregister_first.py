@@ -5,8 +5,8 @@ Lesson 01's level-triggered echo server, with one feature more: on SIGUSR1 it fo
 that takes a snapshot in the background (Redis's BGSAVE works this way), while the parent
 goes on serving. The child gets a copy of every file descriptor, client sockets included.
 
-    python3 exercises/09_unregister_first.py          # listening on 127.0.0.1:9009
-    python3 lessons/echo_client.py --port 9009        # in another terminal
+    python3 exercises/09_unregister_first.py          # listening on 127.0.0.1:9019
+    python3 lessons/echo_client.py --port 9019        # in another terminal
     kill -USR1 <the server's PID>                     # a snapshot: the child lives 5 s
 
 An entry of epoll's interest list belongs to the fd number and the open file behind it, and
@@ -14,6 +14,12 @@ the kernel removes it only when the last descriptor of that file is closed (epol
 While the snapshot child lives, the parent's close() is not the last one: a connection closed
 without EPOLL_CTL_DEL stays in the interest list, and epoll goes on reporting it under a
 number that is closed. `python3 lessons/09_interest_and_wakeups.py dup-close` shows it.
+
+Change the lines marked TODO in exercises/09_unregister_first.py so that close() unregisters
+first, then run `make check 09` (or `.venv/bin/python exercises/check.py 09`). The finished
+version is solutions/09_unregister_first.py, with the starting point's lines beside the
+answer. The exercise listens on a port of its own, 9019, so that it can run beside lesson
+09's `rdhup`.
 """
 
 import argparse
@@ -313,7 +319,7 @@ def parse_args():
         description="Echo server on level-triggered epoll; SIGUSR1 forks a snapshot child.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=9009, help="0 takes any free port")
+    parser.add_argument("--port", type=int, default=9019, help="0 takes any free port")
     parser.add_argument("--trace", action="store_true",
                         help="print every wake-up of the loop and every interest change")
     parser.add_argument("--recv-size", type=int, default=RECV_SIZE, metavar="N",

@@ -13,8 +13,13 @@ Change the lines marked TODO in on_readable so that
     edge-triggered: whatever the drain leaves unread is not reported again until yet another
     datagram happens to arrive.
 
-Check your work with `.venv/bin/python exercises/check.py 05` (or `make check`). The finished version
-is solutions/05_udp_empty_datagram.py, with the starting point's lines beside the answer.
+Check your work with `make check 05` (or `.venv/bin/python exercises/check.py 05`). The
+finished version is solutions/05_udp_empty_datagram.py, with the starting point's lines
+beside the answer. The exercise listens on a port of its own, 9015, so that it can run
+beside the lesson:
+
+    python3 exercises/05_udp_empty_datagram.py --trace       # listening on 127.0.0.1:9015
+    python3 lessons/echo_client.py --udp --port 9015 --bytes 0    # an empty datagram: echoed?
 """
 
 import argparse
@@ -241,7 +246,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description="UDP echo server on edge-triggered epoll.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=9005, help="0 takes any free port")
+    parser.add_argument("--port", type=int, default=9015, help="0 takes any free port")
     parser.add_argument("--trace", action="store_true",
                         help="print every wake-up, every drain and every interest change")
     parser.add_argument("--bufsize", type=int, default=BUFSIZE, metavar="N",

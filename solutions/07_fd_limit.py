@@ -10,8 +10,13 @@ Make `--max-fds N` work: when the server starts, it sets its soft limit to N and
 hard limit as it is. When the hard limit is lower than N, it stops with one clear line on
 stderr that names the hard limit, and status 2, like every mistake of the user (a traceback
 would be no help). Change the lines marked TODO in exercises/07_fd_limit.py, then run
-`make check`. The finished version is solutions/07_fd_limit.py, with the starting point's
-lines beside the answer.
+`make check 07` (or `.venv/bin/python exercises/check.py 07`). The finished version is
+solutions/07_fd_limit.py, with the starting point's lines beside the answer. The exercise
+listens on a port of its own, 9017, so that it can run beside the lesson:
+
+    python3 exercises/07_fd_limit.py --max-fds 4096     # listening on 127.0.0.1:9017
+    python3 lessons/echo_client.py --port 9017          # in another terminal
+    python3 exercises/07_fd_limit.py --max-fds 100000000    # over the hard limit: one line
 
 The rest of lesson 07's description follows.
 
@@ -443,7 +448,7 @@ def parse_args():
         description="Echo server on select, poll or epoll: one loop, three back-ends.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=9007, help="0 takes any free port")
+    parser.add_argument("--port", type=int, default=9017, help="0 takes any free port")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="epoll",
                         help="what the loop waits with (default epoll)")
     parser.add_argument("--edge", action="store_true",

@@ -5,6 +5,7 @@ tools/exercises.py into a scratch folder, and never reads exercises/NN_*.py: tho
 learner's files, and `make test` must say the same before, during and after the exercises.
 """
 
+import ast
 import difflib
 import importlib.util
 import os
@@ -99,6 +100,27 @@ def test_the_todo_rule_sees_an_unmarked_change():
     assert unmarked_changes(source.replace("x = 41", "x = 41  # TODO")) == []
     start = tool.split(source)[0]
     assert start == "def f():\n    # TODO: return the answer\n    x = 41\n    return x\n"
+
+
+def default_port(source):
+    """The default of the script's `--port`, as its argparse call declares it."""
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument"
+                and node.args and getattr(node.args[0], "value", None) == "--port"):
+            return next(ast.literal_eval(k.value) for k in node.keywords if k.arg == "default")
+    raise AssertionError("no --port argument")
+
+
+@each_exercise
+def test_an_exercise_listens_on_its_own_port_beside_its_lesson(exercise):
+    # Lesson NN listens on 9000+NN; its exercise on 9010+NN, so that both run at once.
+    port = 9010 + int(exercise.name[:2])
+    assert default_port((ROOT / "solutions" / exercise.name).read_text()) == port
+    assert default_port(tool.pristine_start(exercise.name)) == port
+    # Its docstring shows how to run it, and a client for it, on that port.
+    said = ast.get_docstring(ast.parse(tool.pristine_start(exercise.name))).splitlines()
+    assert [line for line in said if f"exercises/{exercise.name}" in line and f":{port}" in line]
+    assert [line for line in said if f"--port {port}" in line or f"127.0.0.1:{port}/" in line]
 
 
 def test_the_contributors_command_runs_on_every_exercise():
