@@ -8,7 +8,9 @@ learner's files, and `make test` must say the same before, during and after the 
 import ast
 import difflib
 import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,6 +123,28 @@ def test_an_exercise_listens_on_its_own_port_beside_its_lesson(exercise):
     said = ast.get_docstring(ast.parse(tool.pristine_start(exercise.name))).splitlines()
     assert [line for line in said if f"exercises/{exercise.name}" in line and f":{port}" in line]
     assert [line for line in said if f"--port {port}" in line or f"127.0.0.1:{port}/" in line]
+
+
+# Notebooks 07 and 11 still say a plain `make check`, which checks all eleven exercises and
+# points the learner at the first: to be brought in line, then these marks removed.
+PLAIN_MAKE_CHECK = {"07", "11"}
+
+
+@pytest.mark.parametrize("exercise", [
+    pytest.param(ex, id=ex.name[:2], marks=pytest.mark.xfail(
+        reason="the notebook says a plain make check", strict=False)
+        if ex.name[:2] in PLAIN_MAKE_CHECK else ())
+    for ex in EXERCISES])
+def test_the_notebook_checks_its_own_exercise_alone(exercise):
+    # `make check` alone checks every exercise and sends the learner to exercise 01's hint.
+    number = exercise.name[:2]
+    notebook = next((ROOT / "notebooks").glob(f"{number}_*.ipynb"))
+    said = [text for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+            if cell["cell_type"] == "markdown"
+            for text in ("".join(cell["source"]), cell["metadata"].get("notes", ""))]
+    commands = [m.group(0) for text in said for m in re.finditer(r"make check\b(?: \d+)?", text)]
+    assert f"make check {number}" in commands, f"{notebook.name} never says make check {number}"
+    assert set(commands) == {f"make check {number}"}, f"{notebook.name} says {commands}"
 
 
 def test_the_contributors_command_runs_on_every_exercise():
