@@ -125,16 +125,7 @@ def test_an_exercise_listens_on_its_own_port_beside_its_lesson(exercise):
     assert [line for line in said if f"--port {port}" in line or f"127.0.0.1:{port}/" in line]
 
 
-# Notebooks 07 and 11 still say a plain `make check`, which checks all eleven exercises and
-# points the learner at the first: to be brought in line, then these marks removed.
-PLAIN_MAKE_CHECK = {"07", "11"}
-
-
-@pytest.mark.parametrize("exercise", [
-    pytest.param(ex, id=ex.name[:2], marks=pytest.mark.xfail(
-        reason="the notebook says a plain make check", strict=False)
-        if ex.name[:2] in PLAIN_MAKE_CHECK else ())
-    for ex in EXERCISES])
+@pytest.mark.parametrize("exercise", EXERCISES, ids=lambda ex: ex.name[:2])
 def test_the_notebook_checks_its_own_exercise_alone(exercise):
     # `make check` alone checks every exercise and sends the learner to exercise 01's hint.
     number = exercise.name[:2]
