@@ -305,3 +305,51 @@ def test_the_learners_progress_leaves_the_tests_green(tmp_path, state):
         assert status == 1
         assert f"Next: exercises/{unsolved[0].name}, the lines marked TODO." in out
         assert f"Hint: {unsolved[0].hint}" in out
+
+
+# -- a hint guides; it never hands over the answer ------------------------------------------
+# The notebooks send a learner to `make check NN` before they have tried anything, and the
+# hint comes with the first failure: it says where to look and what matters, not what to type.
+
+def quotable(answer_line):
+    """What a hint could quote of one line of an answer block: the code without a trailing
+    comment or closing colon, and a comment's words; spaces squeezed, short ones left out
+    (`break`, `else` fit in any sentence)."""
+    line = answer_line.strip()
+    code, _, comment = ("", "", line) if line.startswith("#") else line.partition("  # ")
+    parts = [" ".join(code.rstrip(":").split()), " ".join(comment.lstrip("# ").split())]
+    return [part for part in parts if len(part) > 12]
+
+
+@each_exercise
+def test_a_hint_never_quotes_its_answer(exercise):
+    _, _, blocks = tool.split((ROOT / "solutions" / exercise.name).read_text())
+    hint = " ".join(exercise.hint.split())
+    quoted = [part for _, _, answer in blocks for line in answer for part in quotable(line)
+              if part in hint]
+    assert quoted == [], f"the hint of {exercise.name} hands over its answer: {quoted}"
+
+
+# Python that a hint has no use for: an assignment, an augmented assignment or a comparison,
+# a call with arguments, an index or a slice, a loop header.
+CODE = re.compile(r"[-+*/|&<>=!]=|(?<![-<>=!])=(?!=)|\s[<>]\s|\w\([^()\s][^()]*\)"
+                  r"|\w\[[^\]]*\]|\bwhile True\b")
+
+
+@each_exercise
+def test_a_hint_is_words_and_ends_where_the_answer_is(exercise):
+    assert CODE.findall(exercise.hint) == [], f"the hint of {exercise.name} reads as code"
+    stuck = f"Stuck: solutions/{exercise.name} has the answer beside the starting point's lines."
+    assert exercise.hint.endswith(stuck), exercise.hint
+
+
+def test_the_hint_rules_see_code():
+    assert quotable("    keep_alive = False  # the last one\n") == ["keep_alive = False"]
+    assert quotable("    if a_name and conn.served >= limit:\n") == [
+        "if a_name and conn.served >= limit"]
+    assert quotable("    # Bytes stay bytes: an echo\n") == ["Bytes stay bytes: an echo"]
+    assert quotable("    break\n") == []
+    for code in ("conn.served += 1", "timeout = 0", "n < RECV_SIZE", "fail(...) with it",
+                 "self._scheduled[0][0]", "wrap it in while True"):
+        assert CODE.findall(f"In respond(), {code}, then stop."), code
+    assert CODE.findall("In on_accept(), after accept() (see REFUSAL), --max-fds, a -1.") == []

@@ -6,10 +6,13 @@ import hostile
 EXERCISE = "01_connection_limit.py"
 HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 01: cap the connections, refuse the rest clearly"
-HINT = ("In on_accept, after accept() succeeds: if len(self.conns) >= self.max_conns, "
-        "send REFUSAL, close the socket and return. Accept first, then refuse: a client "
-        "left in the queue keeps the listener readable, and level-triggered epoll reports "
-        "it again on every call.")
+HINT = ("In on_accept(), the TODO lines run after accept() on purpose: a client left in the "
+        "accept queue keeps the listener readable, and level-triggered epoll would report it "
+        "on every call, a busy loop. So take the client, and when self.conns already holds "
+        "self.max_conns clients, tell it why with REFUSAL and let it go before the loop ever "
+        "hears of it. The check's message says what the third client got, and whether the "
+        "first two were still served. Stuck: solutions/01_connection_limit.py has the answer "
+        "beside the starting point's lines.")
 REFUSAL = b"server full, try again later\n"
 
 

@@ -8,9 +8,13 @@ import hostile
 EXERCISE = "02_shutdown_report.py"
 HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 02: report connections and bytes at shutdown"
-HINT = ("Keep two counters on the server (set to 0 in __init__); add 1 for each accepted "
-        "connection in on_accept and the value send() returned in on_writable; in shutdown(), "
-        "print(f\"served {n} connections, echoed {b} bytes\", flush=True).")
+HINT = ("Two counts, kept on the server from __init__() to shutdown(): the connections "
+        "on_accept() took, and the bytes the kernel took in on_writable(), which is what "
+        "send() returned each time, not what was offered. The check stops the server with "
+        "SIGTERM and compares its last line with the one in the exercise's docstring, word for "
+        "word; stdout is a pipe there, and a line left in Python's buffer is never seen. "
+        "Stuck: solutions/02_shutdown_report.py has the answer beside the starting point's "
+        "lines.")
 
 
 def check(script):

@@ -9,10 +9,14 @@ import hostile
 EXERCISE = "03_drain_recv.py"
 HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 03: drain on every EPOLLIN edge"
-HINT = ("Wrap the recv in on_readable in `while True:`. BlockingIOError means drained: break. "
-        "b\"\" means EOF: set peer_done and break (recv returns b\"\" again and again, it never "
-        "raises). After each chunk, call on_writable and return if the connection was closed "
-        "or throttled. After the loop, if peer_done, call on_writable to finish.")
+HINT = ("In on_readable(), under EPOLLET one edge stands for everything that arrived, so read "
+        "until the kernel says the socket is empty (BlockingIOError): what is left unread is "
+        "not reported again until something new arrives. The loop needs two other ways out: at "
+        "EOF recv returns empty bytes every time and never raises, and once on_writable() has "
+        "closed or throttled the connection, reading on helps nobody. The check's message says "
+        "which is wrong: a 10000-byte write that came back short (the loop stops too soon), or "
+        "a server silent or busy after an EOF (it never stops). Stuck: "
+        "solutions/03_drain_recv.py has the answer beside the starting point's lines.")
 
 
 def _echo(server, payload, what):

@@ -8,11 +8,14 @@ import hostile
 EXERCISE = "04_max_requests.py"
 HOSTILE = hostile.http  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 04: end a keep-alive connection after N requests"
-HINT = ("In respond(), right after keep_alive is computed: conn.served += 1, and if "
-        "self.options.max_requests and conn.served >= self.options.max_requests, set "
-        "keep_alive = False. "
-        "The rest is already there: the answer then says Connection: close, and finish() "
-        "half-closes once it is sent, so the answer is never lost.")
+HINT = ("In respond(), right after keep_alive is decided: each request counts on conn.served, "
+        "and the connection's max_requests-th answer is its last, so keep_alive goes off for "
+        "it; a self.options.max_requests of 0 means no limit. The rest is already there: an "
+        "answer without keep-alive says Connection: close, and finish() ends the connection "
+        "once it is sent, so the requests pipelined behind it are never answered. The check "
+        "lists which of three answers said Connection: close; only the third should, so count "
+        "before you compare. Stuck: solutions/04_max_requests.py has the answer beside the "
+        "starting point's lines.")
 
 GET = b"GET / HTTP/1.1\r\nHost: check\r\n\r\n"
 

@@ -9,9 +9,13 @@ import hostile
 EXERCISE = "05_udp_empty_datagram.py"
 HOSTILE = hostile.udp  # the lesson's rude clients, run after check() passes
 TITLE = "UDP: an empty datagram is a message, not EOF"
-HINT = ("On UDP, recvmsg returning 0 bytes means a datagram of 0 bytes arrived, from an "
-        "address that wants its answer. Echo it like any other, and do not leave the drain "
-        "loop for it: on an edge-triggered socket, what is left unread is not reported again.")
+HINT = ("In on_readable(), the TODO lines bring TCP's habit to UDP, where no stream ever ends: "
+        "a read of 0 bytes is a datagram with nothing in it, from a sender that waits for its "
+        "answer like any other. And this drain loop is the only reader: on an edge-triggered "
+        "socket, a datagram left in the queue is not reported again until another arrives. The "
+        "check sends an empty datagram alone, then one between two others, and its message "
+        "says which came back. Stuck: solutions/05_udp_empty_datagram.py has the answer beside "
+        "the starting point's lines.")
 
 ANSWER_WAIT = 1.0  # seconds: an echo on loopback takes well under a millisecond
 

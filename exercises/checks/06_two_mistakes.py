@@ -8,10 +8,12 @@ import hostile
 EXERCISE = "06_two_mistakes.py"
 HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 06: find and fix two tutorial mistakes"
-HINT = ("Lesson 06's table lists the tutorials' mistakes and where each is done right. Two "
-        "are in this server, at the lines marked TODO: one kills the server when a client "
-        "sends a byte that is not UTF-8; the other drops the echo still owed when a client "
-        "half-closes. Echo bytes as bytes; at EOF, close only once the outbox is empty.")
+HINT = ("Two of lesson 06's tutorial mistakes are left in on_readable(), one at each TODO, and "
+        "the check's message names each one it still sees by its name in lesson 06's table. "
+        "`python3 lessons/06_tutorial_mistakes.py --list` prints that table with, for each "
+        "mistake, the lesson and the place where it is done right: read that place, and make "
+        "this server behave the same. Stuck: solutions/06_two_mistakes.py has the answer "
+        "beside the starting point's lines.")
 
 NOT_UTF8 = b"\xff\xfe not text \x80"
 OWED = 768 * 1024  # beyond what the kernel takes for a slow reader; under HIGH_WATER

@@ -10,10 +10,14 @@ import hostile
 EXERCISE = "07_fd_limit.py"
 HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 07: --max-fds raises the soft fd limit, or says in one line why not"
-HINT = ("In raise_fd_limit: soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); if the "
-        "hard limit is not resource.RLIM_INFINITY and wanted > hard, fail(...) with a line "
-        "that names the hard limit; otherwise resource.setrlimit(resource.RLIMIT_NOFILE, "
-        "(wanted, hard)).")
+HINT = ("In raise_fd_limit(), two limits: the soft one is what the kernel enforces, and a "
+        "process may raise it as far as the hard one, which only root can raise. So --max-fds "
+        "moves the soft limit of RLIMIT_NOFILE and leaves the hard one as it was; asked for "
+        "more than the hard limit (unless that is RLIM_INFINITY), the server stops with fail() "
+        "and one line that names the hard limit, never a traceback. The check starts your "
+        "server with a soft limit of 64 and reads its limits back, then asks for one more than "
+        "the hard limit; its message says which went wrong. Stuck: solutions/07_fd_limit.py "
+        "has the answer beside the starting point's lines.")
 LOW = 64  # the soft limit the server is started with here: room for about 60 clients
 WANTED = 256  # what --max-fds asks for
 CLIENTS = 150  # at once: more than LOW allows, fewer than WANTED

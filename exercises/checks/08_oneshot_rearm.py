@@ -8,10 +8,14 @@ import hostile
 
 EXERCISE = "08_oneshot_rearm.py"
 TITLE = "lesson 08: re-arm an EPOLLONESHOT connection after every turn"
-HINT = ("In update_interest, re-arm every time: call self.epoll.modify(fd, wanted | "
-        "self.client_flags) after every turn, not only when wanted differs from "
-        "previous. EPOLLONESHOT disabled the connection when it was reported; only "
-        "EPOLL_CTL_MOD brings it back (EPOLL_CTL_ADD would fail: it is still registered).")
+HINT = ("In update_interest(): the EPOLLONESHOT report that handed this connection to a thread "
+        "also disabled it, and only EPOLL_CTL_MOD arms it again (EPOLL_CTL_ADD fails: the fd "
+        "is still in the interest list). So lesson 02's rule, tell the kernel only when the "
+        "mask changes, does not hold here: a mask that did not change must still go back to "
+        "the kernel after every turn. If the check says the connection went silent after its "
+        "first message, the trace lines it prints show the last time your server re-armed it. "
+        "Stuck: solutions/08_oneshot_rearm.py has the answer beside the starting point's "
+        "lines.")
 MESSAGES = [b"first message", b"second message", b"third message"]
 
 

@@ -9,11 +9,14 @@ import hostile
 EXERCISE = "09_unregister_first.py"
 HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 09: unregister before close, even while a child holds a copy"
-HINT = ("In close(), call self.epoll.unregister(fd) first and conn.sock.close() after it, "
-        "with nothing to suppress. Closed first, the number no longer names the entry "
-        "(EBADF), and while the snapshot child holds a copy of the socket the kernel keeps "
-        "the entry and reports it again and again. "
-        "`python3 lessons/09_interest_and_wakeups.py dup-close` shows the same thing.")
+HINT = ("In close(), the order of the two calls is the exercise: the epoll entry belongs to "
+        "the open socket, not to its number, and while the snapshot child holds a copy, "
+        "close() is not the last close, so the entry stays and goes on reporting. After "
+        "close() the fd number names nothing, or may already be someone else's, so it can no "
+        "longer remove that entry; the try and except around it only hide the failure. "
+        "`python3 lessons/09_interest_and_wakeups.py dup-close` shows the same without a "
+        "child, and the check's message says whether your server spun or crashed. Stuck: "
+        "solutions/09_unregister_first.py has the answer beside the starting point's lines.")
 SNAPSHOT = "3"  # seconds the snapshot child lives: longer than this check needs
 
 

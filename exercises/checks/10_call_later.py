@@ -9,10 +9,15 @@ import hostile
 EXERCISE = "10_call_later.py"
 HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 10: call_later, the timer heap and the epoll_wait timeout"
-HINT = ("In call_at, heapq.heappush(self._scheduled, (when, next(self._sequence), timer)). In "
-        "_run_once, with timers waiting, timeout = min(max(0.0, self._scheduled[0][0] - "
-        "self.time()), MAX_SLEEP); after epoll_wait, pop each timer whose time is <= now and "
-        "append its handle to self._ready.")
+HINT = ("Three places, in call_at() and _run_once(): a timer goes on the heap self._scheduled, "
+        "ordered by its time with self._sequence to break ties; epoll_wait sleeps only until "
+        "the nearest timer is due; and after the wait every timer that is due moves to "
+        "self._ready. Mind the timeout's two ends: a timer already due gives a negative "
+        "number, and a negative timeout means forever to epoll_wait, so never below 0, and "
+        "never above MAX_SLEEP. The check's message says which part is missing: a heap that "
+        "stays empty, a loop that slept with no timeout or past a due timer, or one that woke "
+        "again and again without running a timer. Stuck: solutions/10_call_later.py has the "
+        "answer beside the starting point's lines.")
 
 MOST_PASSES = 10  # epoll_wait calls one asyncio.sleep may take: about 3, a poll takes 1000s
 LATE = 0.5  # a timer later than this ran late (a busy machine delays one by milliseconds)

@@ -10,9 +10,14 @@ import hostile
 EXERCISE = "11_short_read.py"
 HOSTILE = hostile.tcp_echo  # the lesson's rude clients, run after check() passes
 TITLE = "lesson 11: one recv per message, by the short-read rule"
-HINT = ("In read_batch, after the data is taken (and sent, before batch-send), add: "
-        "if self.short_read and n < RECV_SIZE and not ev & PEER_CLOSED: return False. "
-        "A read shorter than asked emptied the socket, unless the client's EOF came with it.")
+HINT = ("In read_batch(), the short-read rule (from --step short-read on: self.short_read): a "
+        "recv that returned fewer than RECV_SIZE bytes emptied the socket, so the recv after "
+        "it would only raise BlockingIOError, and the batch can end there. A full read proves "
+        "nothing, and a short read that came with the client's EOF (ev has PEER_CLOSED) must "
+        "read on: under edge triggering no later report will announce that EOF. The check "
+        "counts recv calls per message with --count and wants 1, then sends a large message "
+        "and data with its EOF; its message says which went wrong. Stuck: "
+        "solutions/11_short_read.py has the answer beside the starting point's lines.")
 
 ROUNDS = 20
 MESSAGE = bytes(range(64))
