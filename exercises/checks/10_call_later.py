@@ -162,7 +162,7 @@ def stuck(what, seen):
                 "the timeout is the time until the nearest one")
     return (f"{what}: the loop slept in epoll_wait with a timeout of {last} s while the "
             "nearest timer was due much sooner (stopped after 2 s): the timeout is "
-            "self._scheduled[0][0] - self.time(), never below 0")
+            "the time until the nearest timer is due, never below 0")
 
 
 def check(script):
@@ -173,8 +173,8 @@ def check(script):
     if on_heap != 1:
         raise AssertionError(f"call_later never runs the callback: after "
                              f"loop.call_later(10, print) the heap self._scheduled holds "
-                             f"{on_heap} timers, not 1; call_at must push the timer on it "
-                             "(heapq.heappush)")
+                             f"{on_heap} timers, not 1: call_at must put the timer on "
+                             "that heap")
 
     due = seen.get("timers_already_due", "never ran")
     if isinstance(due, str):
