@@ -5,14 +5,13 @@ generator and not counted; a server's CPU counts its threads that have ended; a 
 run against lesson 04 prints its figure.
 
 The speed figures themselves are not tested: benchmarks assert nothing about speed. h2load
-(nghttp2-client) is not among the tools the tests need (.ci/tools.txt): its cases skip, with
-the reason, where it is not installed."""
+(nghttp2-client) is in .ci/tools.txt, as wrk is: where it is missing its cases skip with the
+package to install, and under CI they fail instead (conftest.require_tool)."""
 
 import argparse
 import itertools
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -35,15 +34,11 @@ RUN_TIMEOUT = 60  # seconds a one-second benchmark run may take on a busy machin
 
 
 def h2load():
-    path = shutil.which("h2load")
-    if path is None:
-        pytest.skip("h2load is not installed (sudo apt-get install nghttp2-client); the HTTP "
-                    "benchmarks then use wrk alone")
-    return path
+    return require_tool("h2load")
 
 
 def generator(name):
-    return require_tool("wrk") if name == "wrk" else h2load()
+    return require_tool(name)
 
 
 def bench(*args):
