@@ -156,6 +156,23 @@ def test_once_a_measured_cell_is_new_every_figure_comes_from_the_new_run(tmp_pat
     assert outputs(after[1]) == outputs(first[1])  # what does not vary is the same anyway
 
 
+def test_kernels_talk_over_unix_sockets_not_tcp_ports(tmp_path, capfd):
+    # Both the tool's kernels and nbval's: no port that a client's connect() could take first.
+    path = make(tmp_path, [new_code_cell(
+        "from ipykernel.connect import get_connection_info\n"
+        "print(get_connection_info(unpack=True)['transport'])")])
+    assert run(path, capfd=capfd)[0] == 0
+    assert json.loads(path.read_text())["cells"][0]["outputs"][0]["text"] == ["ipc\n"]
+    import nbval.kernel
+    km, kc = nbval.kernel.start_new_kernel(kernel_name=nbval.kernel.CURRENT_ENV_KERNEL_NAME)
+    try:
+        assert km.transport == "ipc" and Path(f"{km.ip}-{km.shell_port}").is_socket()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert not list(Path(km.ip).parent.glob(Path(km.ip).name + "-*")), "socket files left"
+
+
 @pytest.mark.parametrize("source, said", [
     ("import sys\nprint('careful', file=sys.stderr)", "cell 3 ('import sys') wrote to stderr: careful"),
     ("1 / 0", "cell 3 ('1 / 0') raised ZeroDivisionError: division by zero"),

@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 try:
@@ -60,6 +61,29 @@ class ThisPython(KernelSpecManager):
                                       **ipykernel.kernelspec.get_kernel_dict())
 
 
+def over_unix_sockets(manager_class):
+    """manager_class, its kernels talking over Unix sockets rather than TCP ports.
+
+    A kernel is given five free TCP ports, which it binds a moment later; meanwhile any
+    client's connect() on the machine may take one as its own port, and the kernel dies
+    before it starts. Beside a notebook that opens ten thousand connections (lesson 07's),
+    with tests running side by side, that happens. A Unix socket has no port to lose. Its
+    files are named after a new id in the temporary folder and removed when the kernel
+    stops. (nbval's kernels get the same in tests/conftest.py.)"""
+
+    class OverUnixSockets(manager_class):
+        @default("transport")
+        def _transport_default(self):
+            return "ipc"
+
+        @default("ip")
+        def _ip_default(self):  # with ipc, the start of the sockets' file names
+            return str(Path(tempfile.gettempdir()) / f"kernel-{uuid.uuid4().hex}")
+
+    return OverUnixSockets
+
+
+@over_unix_sockets
 class ThisPythonKernel(AsyncKernelManager):
     @default("kernel_spec_manager")
     def _kernel_spec_manager_default(self):
