@@ -5,16 +5,19 @@ import functools
 import os
 import re
 
-import nbval.kernel
 import pytest
 
 import harness
-from outputs import over_unix_sockets
 
-# The kernels nbval starts for the notebooks talk over Unix sockets, not TCP ports, as those
-# of tools/outputs.py do (over_unix_sockets says why: a port can be lost to a client's
-# connect() while tests open thousands of connections beside it).
-nbval.kernel.KernelManager = over_unix_sockets(nbval.kernel.KernelManager)
+
+def pytest_configure(config):
+    # The kernels nbval starts for the notebooks talk over Unix sockets, not TCP ports, as
+    # those of tools/outputs.py do (over_unix_sockets says why: a port can be lost to a
+    # client's connect() while tests open thousands of connections beside it).
+    if config.pluginmanager.hasplugin("nbval"):
+        import nbval.kernel
+        from outputs import over_unix_sockets
+        nbval.kernel.KernelManager = over_unix_sockets(nbval.kernel.KernelManager)
 
 
 @pytest.fixture
