@@ -411,10 +411,13 @@ class Server:
         conn = self.conns.get(fd)
         if conn is None:  # closed by an earlier event of this batch
             return
-        if ev & (WRITABLE | TROUBLE):
-            self.on_writable(conn)
-        if ev & (READABLE | PEER_CLOSED | TROUBLE) and not conn.closed:
+        # Read first, then write: edge-triggered, an EPOLLOUT report is not repeated for a
+        # socket that stays writable, so bytes read after the send of this report would wait
+        # for a report that never comes (--step naive sends only when told).
+        if ev & (READABLE | PEER_CLOSED | TROUBLE):
             self.on_readable(conn, ev)
+        if ev & (WRITABLE | TROUBLE) and not conn.closed:
+            self.on_writable(conn)
         if not conn.closed:
             self.update_interest(conn)
 
