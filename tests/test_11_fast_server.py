@@ -1,9 +1,12 @@
 """Lesson 11: every step serves the same bytes, saves the system calls it claims (counted by
 the server, and the counts agree with strace's), and its workers never outlive their parent."""
 
+import contextlib
+import importlib.util
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -291,3 +294,40 @@ def test_count_prints_the_totals_once_when_stopped_with_clients_connected(start)
         client.close()
     totals = [line for line in server.lines if line.startswith("system calls:")]
     assert len(totals) == 1, server.output()
+
+
+def test_a_report_of_in_and_out_at_once_sends_what_it_read(tmp_path):
+    # Edge-triggered, --step naive: one report says the socket is readable and writable. Had
+    # the loop sent first and read after, the bytes read would wait for an EPOLLOUT report
+    # that never comes: the socket stays writable, and an edge is a change. The loop is
+    # driven here by hand, one epoll_wait at a time, on real sockets.
+    spec = importlib.util.spec_from_file_location("lesson11", harness.LESSONS / LESSON)
+    lesson = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lesson)
+    server = lesson.Server(lesson.listen("127.0.0.1", 0), step="naive", trigger="edge")
+    client = socket.create_connection(server.listener.getsockname()[:2], timeout=5)
+    try:
+        def turn(timeout=5):
+            for fd, ev in server.epoll.poll(timeout):
+                if fd == server.listener.fileno():
+                    server.on_accept()
+                elif fd != server.wake_r.fileno():
+                    server.dispatch(fd, ev)
+
+        turn()  # the listener: accept
+        (conn,) = server.conns.values()
+        client.sendall(b"first")
+        turn()  # read "first"; ask for EPOLLOUT
+        client.sendall(b"second")
+        assert select.select([conn.sock], [], [], 5)[0], "the second piece never arrived"
+        turn()  # one report: IN and OUT
+        turn(0.5)  # and whatever the kernel reports next
+        client.settimeout(0.5)
+        got = b""
+        with contextlib.suppress(TimeoutError):
+            while len(got) < 11:
+                got += client.recv(64)
+        assert got == b"firstsecond", f"only {got!r} came back: the rest waits for a report"
+    finally:
+        client.close()
+        server.shutdown()
